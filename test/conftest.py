@@ -1,0 +1,3 @@
+"""Shared fixtures: a real simulator process and a real embedded Postgres, started once per session."""
+from fixtures_simulator import *  # noqa: F401,F403
+from fixtures_db import *  # noqa: F401,F403

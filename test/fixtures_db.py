@@ -1,0 +1,1 @@
+"""Fixtures that start the embedded Postgres (core.embedded_db) for tests."""

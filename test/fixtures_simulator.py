@@ -1,0 +1,1 @@
+"""Fixtures that start the OpenAI-compatible simulator (core.simulator) for tests."""
