@@ -1,0 +1,271 @@
+"""Runs many embedding requests at once, under one limiter, and turns replies into per-item outcomes.
+
+Why it is shaped this way:
+- Inputs are read in windows, so memory grows with the window and the requests in flight, never
+  with the corpus; within a window identical texts are sent once and the work is packed evenly
+  over the parallel slots (``core.batching``).
+- Every request passes the shared ``RateLimiter`` before each attempt, so retries and 429s are
+  coordinated with the budget instead of fighting it; the SDK's own retries are off.
+- A request that keeps failing is split in halves until the inputs at fault are isolated: a poisoned
+  text fails alone, with its reason, and its neighbours succeed.
+- An outcome carries its caller's key; vectors are matched to inputs by the reply's ``index``
+  inside the provider, so nothing can shift onto the wrong item.
+"""
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Hashable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from core.batching import Limits, pack
+from core.errors import ProviderFatalError, RateLimited, RequestRejected, TransientError
+from core.ratelimit import RateLimiter
+from core.tokens import Tokenizer, plan_long_input
+from core.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOutcome:
+    """The result for one caller item: a float32 vector, or the reason it failed."""
+
+    key: Hashable
+    vector: np.ndarray | None
+    tokens: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5  # attempts of a single-input request before its input fails
+    split_after: int = 2  # attempts of a multi-input request before it is split in halves
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    max_rate_limit_wait_s: float = 900.0  # give up on a request the server keeps refusing with 429
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+
+
+class Provider(Protocol):
+    def embed(self, texts: list[str], on_headers=None): ...
+
+
+class _Job:
+    """One caller item; long inputs wait for all their pieces."""
+
+    __slots__ = ("key", "tokens", "left", "acc", "done")
+
+    def __init__(self, key: Hashable, tokens: int, pieces: int):
+        self.key, self.tokens, self.left, self.acc, self.done = key, tokens, pieces, None, False
+
+
+class _Unit:
+    """One distinct text to send, and the items (with their weights) waiting for its vector."""
+
+    __slots__ = ("text", "tokens", "waiters")
+
+    def __init__(self, text: str, tokens: int):
+        self.text, self.tokens, self.waiters = text, tokens, []
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    units: list[_Unit]
+
+    @property
+    def tokens(self) -> int:
+        return sum(u.tokens for u in self.units)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        provider: Provider,
+        tokenizer: Tokenizer,
+        limits: Limits,
+        *,
+        long_input: str,
+        concurrency: int,
+        limiter: RateLimiter,
+        retry: RetryPolicy,
+        usage: Usage,
+        window_texts: int = 4096,
+        window_tokens: int = 2_000_000,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.provider, self.tokenizer, self.limits = provider, tokenizer, limits
+        self.long_input, self.concurrency = long_input, concurrency
+        self.limiter, self.retry, self.usage = limiter, retry, usage
+        self.window_texts, self.window_tokens = window_texts, window_tokens
+
+    def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
+        """Yield one outcome per item as requests complete.
+
+        If the provider refuses the run (ProviderFatalError), nothing new is sent, what is in flight
+        is yielded, and the error is raised; items never answered get no outcome at all.
+        """
+        limits = self.limits if max_inputs is None else replace(self.limits, max_inputs=min(max_inputs, self.limits.max_inputs))
+        ready: list[EmbeddingOutcome] = []
+        requests = self._requests(items, limits, ready)
+        retry_queue: deque[_Request] = deque()
+        cancel = threading.Event()
+        in_flight: dict[Future, _Request] = {}
+        fatal: ProviderFatalError | None = None
+        exhausted = False
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="embed")
+        try:
+            while True:
+                while fatal is None and len(in_flight) < self.concurrency:
+                    if retry_queue:
+                        request = retry_queue.popleft()
+                    elif not exhausted:
+                        request = next(requests, None)
+                        if request is None:
+                            exhausted = True
+                            continue
+                    else:
+                        break
+                    in_flight[pool.submit(self._execute, request, cancel)] = request
+                if ready:
+                    yield from ready
+                    ready.clear()
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    request = in_flight.pop(future)
+                    try:
+                        verdict, detail = future.result()
+                    except ProviderFatalError as error:
+                        fatal = fatal or error
+                        cancel.set()
+                        continue
+                    if verdict == "ok":
+                        self._deliver(request, detail, ready)
+                    elif verdict == "cancelled":
+                        continue  # never answered: no outcome, so a rerun picks these items up
+                    elif verdict == "split":
+                        half = len(request.units) // 2
+                        self.usage.add(splits=1)
+                        retry_queue.extendleft([_Request(request.units[half:]), _Request(request.units[:half])])
+                    else:
+                        self._fail(request.units, detail, ready)
+            if fatal is not None:
+                raise fatal
+        finally:
+            cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading and packing -------------------------------------------------------------------
+
+    def _requests(self, items: Iterable[tuple[Hashable, str]], limits: Limits, ready: list) -> Iterator[_Request]:
+        iterator = iter(items)
+        while True:
+            units: dict[str, _Unit] = {}
+            texts = tokens = 0
+            for key, text in iterator:
+                if not isinstance(text, str) or not text.strip():
+                    ready.append(EmbeddingOutcome(key, None, 0, "empty text"))
+                    continue
+                count = self.tokenizer.count(text)
+                try:
+                    pieces = plan_long_input(text, count, self.tokenizer, limits.max_input_tokens, self.long_input)
+                except ValueError as error:
+                    ready.append(EmbeddingOutcome(key, None, count, str(error)))
+                    continue
+                job = _Job(key, sum(p.tokens for p in pieces), len(pieces))
+                for piece in pieces:
+                    unit = units.get(piece.text)
+                    if unit is None:
+                        unit = units[piece.text] = _Unit(piece.text, piece.tokens)
+                    unit.waiters.append((job, piece.tokens))
+                texts += 1
+                tokens += count
+                if texts >= self.window_texts or tokens >= self.window_tokens:
+                    break
+            else:
+                if units:
+                    yield from self._pack(list(units.values()), limits)
+                return
+            yield from self._pack(list(units.values()), limits)
+
+    def _pack(self, units: list[_Unit], limits: Limits) -> Iterator[_Request]:
+        capacity = self.limiter.token_capacity
+        if capacity is not None and capacity < limits.max_request_tokens:
+            # A request bigger than the server's token bucket can never be admitted.
+            limits = replace(limits, max_request_tokens=max(limits.max_input_tokens, int(capacity)))
+        for span in pack([u.tokens for u in units], limits, parallel=self.concurrency):
+            yield _Request(units[span.start:span.stop])
+
+    # -- one request, in a worker thread ------------------------------------------------------------
+
+    def _execute(self, request: _Request, cancel: threading.Event) -> tuple[str, object]:
+        texts = [u.text for u in request.units]
+        attempts = 0
+        waited = 0.0
+        while True:
+            ticket = self.limiter.acquire(request.tokens, cancel)
+            if ticket is None:
+                return "cancelled", None
+            self.usage.add(attempts=1)
+            try:
+                reply = self.provider.embed(texts, on_headers=lambda headers: self.limiter.observe(headers, ticket))
+            except RateLimited as error:
+                self.usage.add(rate_limited=1)
+                waited += self.limiter.rate_limited(error.retry_after)
+                if waited > self.retry.max_rate_limit_wait_s:
+                    return self._give_up(request, f"{error}; still refused after waiting {waited:.0f} s")
+                continue
+            except RequestRejected as error:
+                return self._give_up(request, str(error))
+            except TransientError as error:
+                attempts += 1
+                limit = self.retry.split_after if len(texts) > 1 else self.retry.max_attempts
+                if attempts >= limit:
+                    return self._give_up(request, f"{error} (after {attempts} attempts)")
+                self.usage.add(retries=1)
+                if cancel.wait(self.retry.backoff(attempts)):
+                    return "cancelled", None
+                continue
+            self.limiter.succeeded()
+            billed = reply.billed_tokens if reply.billed_tokens is not None else request.tokens
+            self.usage.add(requests=1, tokens=billed, inputs=len(texts))
+            return "ok", reply
+
+    @staticmethod
+    def _give_up(request: _Request, reason: str) -> tuple[str, object]:
+        return ("split", reason) if len(request.units) > 1 else ("fail", reason)
+
+    # -- assembling outcomes -----------------------------------------------------------------------
+
+    def _deliver(self, request: _Request, reply, ready: list) -> None:
+        for unit, vector in zip(request.units, reply.vectors):
+            for job, weight in unit.waiters:
+                if job.done:
+                    continue
+                job.left -= 1
+                if job.left == 0 and job.acc is None:
+                    job.done = True
+                    ready.append(EmbeddingOutcome(job.key, vector, job.tokens))
+                    continue
+                part = vector.astype(np.float64) * weight
+                job.acc = part if job.acc is None else job.acc + part
+                if job.left == 0:
+                    job.done = True
+                    norm = np.linalg.norm(job.acc)
+                    mean = (job.acc / norm if norm > 0 else job.acc).astype(np.float32)
+                    ready.append(EmbeddingOutcome(job.key, mean, job.tokens))
+
+    @staticmethod
+    def _fail(units: list[_Unit], reason: str, ready: list) -> None:
+        for unit in units:
+            for job, _ in unit.waiters:
+                if not job.done:
+                    job.done = True
+                    ready.append(EmbeddingOutcome(job.key, None, job.tokens, reason))

