@@ -28,6 +28,8 @@ class Limits:
 
 
 MIN_REQUEST_TOKENS = 4096  # below this, spreading work saves no time and spends requests-per-minute
+# Above this, bigger requests save nothing either, and a rate limiter works in coarser steps.
+MAX_TARGET_TOKENS = 32_768
 
 
 def pack(token_counts: Sequence[int], limits: Limits, parallel: int = 1, min_request_tokens: int = MIN_REQUEST_TOKENS) -> list[range]:
@@ -36,13 +38,14 @@ def pack(token_counts: Sequence[int], limits: Limits, parallel: int = 1, min_req
     Every range holds at most ``limits.max_inputs`` inputs and ``limits.max_request_tokens``
     tokens (each count must already be within ``max_input_tokens``), and the work is balanced so
     that about ``parallel`` requests exist when there is enough work for them (requests are not
-    made smaller than ``min_request_tokens`` for it).
+    made smaller than ``min_request_tokens`` for it, nor aimed above ``MAX_TARGET_TOKENS``).
     """
     n = len(token_counts)
     if n == 0:
         return []
     total = sum(token_counts)
-    target_tokens = min(limits.max_request_tokens, max(min_request_tokens, ceil(total / max(1, parallel))))
+    share = min(MAX_TARGET_TOKENS, ceil(total / max(1, parallel)))
+    target_tokens = min(limits.max_request_tokens, max(min_request_tokens, share))
     requests: list[range] = []
     start, tokens = 0, 0
     for i, t in enumerate(token_counts):

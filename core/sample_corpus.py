@@ -1,0 +1,78 @@
+"""Real English text that every Python installation ships, cut into sections of a chosen size.
+
+Tests and benchmarks need realistic sections (prose and code, ~350 tokens each) without any
+download. The standard library's docstrings are exactly that; they are read with ``ast`` from
+the source files, so no module is imported (some stdlib modules have side effects on import).
+"""
+from __future__ import annotations
+
+import ast
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from core.tokens import TiktokenTokenizer
+
+
+def _stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "turtledemo", "lib2to3"}
+    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+
+
+def _docstrings(path: Path) -> Iterator[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 80:
+                yield doc
+
+
+@lru_cache(maxsize=4)
+def _token_stream(min_tokens: int) -> tuple[list[int], list[tuple[int, str]]]:
+    """Token ids of stdlib docstrings (at least ``min_tokens`` of them, or all there are), with
+    the offset where each source module's text starts."""
+    tokenizer = TiktokenTokenizer()
+    encode = tokenizer._enc.encode_ordinary
+    ids: list[int] = []
+    starts: list[tuple[int, str]] = []
+    for path in _stdlib_files():
+        text = "\n\n".join(_docstrings(path))
+        if not text:
+            continue
+        starts.append((len(ids), path.stem))
+        ids.extend(encode(text + "\n\n"))
+        if len(ids) >= min_tokens:
+            break
+    return ids, starts
+
+
+def stdlib_sections(count: int, tokens_per_section: int = 350) -> list[dict]:
+    """``count`` sections of about ``tokens_per_section`` tokens of stdlib docstrings.
+
+    Ids are stable (``stdlib-000001``); titles name the module the text comes from. When the
+    stdlib runs out, the text wraps around with a numbered prefix so every section stays unique.
+    """
+    ids, starts = _token_stream(count * tokens_per_section)
+    decode = TiktokenTokenizer()._enc.decode
+    sections = []
+    n_chunks = max(1, len(ids) // tokens_per_section)
+    module_at = 0
+    for i in range(count):
+        chunk = i % n_chunks
+        offset = chunk * tokens_per_section
+        while module_at + 1 < len(starts) and starts[module_at + 1][0] <= offset:
+            module_at += 1
+        if chunk == 0:
+            module_at = 0
+        text = decode(ids[offset: offset + tokens_per_section]).strip()
+        if i >= n_chunks:
+            text = f"(copy {i // n_chunks}) {text}"
+        title = starts[module_at][1] if starts else "stdlib"
+        sections.append({"id": f"stdlib-{i + 1:06d}", "title": title, "content": text})
+    return sections
