@@ -4,12 +4,18 @@ Counting inputs is not enough (the seed's defect): OpenAI also caps the tokens s
 request at 300,000, so 1,000 sections of ~350 tokens in one request is a 400 for all of them.
 And one huge request is slow: latency grows with tokens, so the same work spread evenly over
 the requests that may run at once finishes in a fraction of the time.
+
+Packing streams: a request is handed on as soon as it is full, so the first one is on the wire
+while later inputs are still being counted. Balance is judged by characters (known before
+counting); limits by exact token counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil
-from typing import Sequence
+from typing import Iterable, Iterator, Protocol, TypeVar
+
+MIN_REQUEST_CHARS = 16_000  # ~4k tokens: below this, spreading saves no time and spends requests-per-minute
+MAX_TARGET_CHARS = 128_000  # ~32k tokens: above this, bigger requests save nothing, and a limiter works in coarse steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,36 +33,37 @@ class Limits:
             raise ValueError("max_input_tokens cannot exceed max_request_tokens")
 
 
-MIN_REQUEST_TOKENS = 4096  # below this, spreading work saves no time and spends requests-per-minute
-# Above this, bigger requests save nothing either, and a rate limiter works in coarser steps.
-MAX_TARGET_TOKENS = 32_768
+class Packable(Protocol):
+    tokens: int
+    chars: int
 
 
-def pack(token_counts: Sequence[int], limits: Limits, parallel: int = 1, min_request_tokens: int = MIN_REQUEST_TOKENS) -> list[range]:
-    """Split positions ``0..n-1`` into consecutive ranges, one per request.
+T = TypeVar("T", bound=Packable)
 
-    Every range holds at most ``limits.max_inputs`` inputs and ``limits.max_request_tokens``
-    tokens (each count must already be within ``max_input_tokens``), and the work is balanced so
-    that about ``parallel`` requests exist when there is enough work for them (requests are not
-    made smaller than ``min_request_tokens`` for it, nor aimed above ``MAX_TARGET_TOKENS``).
+
+def balance_target(total_chars: int, parallel: int) -> float:
+    """Characters per request so that about ``parallel`` requests share the work."""
+    return min(MAX_TARGET_CHARS, max(MIN_REQUEST_CHARS, total_chars / max(1, parallel)))
+
+
+def pack(units: Iterable[T], limits: Limits, target_chars: float = MAX_TARGET_CHARS) -> Iterator[list[T]]:
+    """Group consecutive units into requests, yielding each as soon as it is complete.
+
+    Every request holds at most ``limits.max_inputs`` units and ``limits.max_request_tokens``
+    tokens; a request is closed once it reaches ``target_chars``. Each unit's tokens must already
+    be within ``limits.max_input_tokens``.
     """
-    n = len(token_counts)
-    if n == 0:
-        return []
-    total = sum(token_counts)
-    share = min(MAX_TARGET_TOKENS, ceil(total / max(1, parallel)))
-    target_tokens = min(limits.max_request_tokens, max(min_request_tokens, share))
-    requests: list[range] = []
-    start, tokens = 0, 0
-    for i, t in enumerate(token_counts):
-        if t > limits.max_input_tokens:
-            raise ValueError(f"input {i} has {t} tokens, over max_input_tokens={limits.max_input_tokens}")
-        size = i - start
-        if size and (
-            size >= limits.max_inputs or tokens + t > limits.max_request_tokens or tokens >= target_tokens
-        ):
-            requests.append(range(start, i))
-            start, tokens = i, 0
-        tokens += t
-    requests.append(range(start, n))
-    return requests
+    current: list[T] = []
+    tokens = chars = 0
+    for unit in units:
+        if unit.tokens > limits.max_input_tokens:
+            raise ValueError(f"an input has {unit.tokens} tokens, over max_input_tokens={limits.max_input_tokens}")
+        if current and (len(current) >= limits.max_inputs or tokens + unit.tokens > limits.max_request_tokens
+                        or chars >= target_chars):
+            yield current
+            current, tokens, chars = [], 0, 0
+        current.append(unit)
+        tokens += unit.tokens
+        chars += unit.chars
+    if current:
+        yield current

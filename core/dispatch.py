@@ -17,12 +17,13 @@ import random
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import islice
 from dataclasses import dataclass, replace
 from typing import Hashable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from core.batching import Limits, pack
+from core.batching import Limits, balance_target, pack
 from core.errors import ProviderFatalError, RateLimited, RequestRejected, TransientError
 from core.ratelimit import RateLimiter
 from core.tokens import Tokenizer, plan_long_input
@@ -65,12 +66,19 @@ class _Job:
 
 
 class _Unit:
-    """One distinct text to send, and the items (with their weights) waiting for its vector."""
+    """One distinct text to send, and the items (with their weights) waiting for its result.
 
-    __slots__ = ("text", "tokens", "waiters")
+    A unit remembers its result until its window is done, so a repeat of the same text met after
+    the unit's request has completed is answered at once instead of being lost.
+    """
+
+    __slots__ = ("text", "tokens", "chars", "waiters", "vector", "error")
 
     def __init__(self, text: str, tokens: int):
-        self.text, self.tokens, self.waiters = text, tokens, []
+        self.text, self.tokens, self.chars = text, tokens, len(text)
+        self.waiters: list[tuple[_Job, int]] = []
+        self.vector: np.ndarray | None = None
+        self.error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +102,15 @@ class Dispatcher:
         limiter: RateLimiter,
         retry: RetryPolicy,
         usage: Usage,
+        pool: ThreadPoolExecutor,
         window_texts: int = 4096,
-        window_tokens: int = 2_000_000,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.provider, self.tokenizer, self.limits = provider, tokenizer, limits
         self.long_input, self.concurrency = long_input, concurrency
         self.limiter, self.retry, self.usage = limiter, retry, usage
-        self.window_texts, self.window_tokens = window_texts, window_tokens
+        self.pool, self.window_texts = pool, window_texts
 
     def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
         """Yield one outcome per item as requests complete.
@@ -118,7 +126,6 @@ class Dispatcher:
         in_flight: dict[Future, _Request] = {}
         fatal: ProviderFatalError | None = None
         exhausted = False
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="embed")
         try:
             while True:
                 while fatal is None and len(in_flight) < self.concurrency:
@@ -131,7 +138,7 @@ class Dispatcher:
                             continue
                     else:
                         break
-                    in_flight[pool.submit(self._execute, request, cancel)] = request
+                    in_flight[self.pool.submit(self._execute, request, cancel)] = request
                 if ready:
                     yield from ready
                     ready.clear()
@@ -160,48 +167,52 @@ class Dispatcher:
                 raise fatal
         finally:
             cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in in_flight:
+                future.cancel()
 
     # -- reading and packing -------------------------------------------------------------------
 
     def _requests(self, items: Iterable[tuple[Hashable, str]], limits: Limits, ready: list) -> Iterator[_Request]:
         iterator = iter(items)
-        while True:
-            units: dict[str, _Unit] = {}
-            texts = tokens = 0
-            for key, text in iterator:
-                if not isinstance(text, str) or not text.strip():
-                    ready.append(EmbeddingOutcome(key, None, 0, "empty text"))
-                    continue
-                count = self.tokenizer.count(text)
-                try:
-                    pieces = plan_long_input(text, count, self.tokenizer, limits.max_input_tokens, self.long_input)
-                except ValueError as error:
-                    ready.append(EmbeddingOutcome(key, None, count, str(error)))
-                    continue
-                job = _Job(key, sum(p.tokens for p in pieces), len(pieces))
-                for piece in pieces:
-                    unit = units.get(piece.text)
-                    if unit is None:
-                        unit = units[piece.text] = _Unit(piece.text, piece.tokens)
-                    unit.waiters.append((job, piece.tokens))
-                texts += 1
-                tokens += count
-                if texts >= self.window_texts or tokens >= self.window_tokens:
-                    break
-            else:
-                if units:
-                    yield from self._pack(list(units.values()), limits)
-                return
-            yield from self._pack(list(units.values()), limits)
-
-    def _pack(self, units: list[_Unit], limits: Limits) -> Iterator[_Request]:
         capacity = self.limiter.token_capacity
         if capacity is not None and capacity < limits.max_request_tokens:
             # A request bigger than the server's token bucket can never be admitted.
             limits = replace(limits, max_request_tokens=max(limits.max_input_tokens, int(capacity)))
-        for span in pack([u.tokens for u in units], limits, parallel=self.concurrency):
-            yield _Request(units[span.start:span.stop])
+        while True:
+            window = list(islice(iterator, self.window_texts))
+            if not window:
+                return
+            total_chars = sum(len(text) for _, text in window if isinstance(text, str))
+            target = balance_target(total_chars, self.concurrency)
+            for units in pack(self._units(window, limits, ready), limits, target):
+                yield _Request(units)
+
+    def _units(self, window: list, limits: Limits, ready: list) -> Iterator[_Unit]:
+        """Count and plan each item of a window; yield each distinct text once, as soon as it is counted."""
+        units: dict[str, _Unit] = {}
+        for key, text in window:
+            if not isinstance(text, str) or not text.strip():
+                ready.append(EmbeddingOutcome(key, None, 0, "empty text"))
+                continue
+            count = self.tokenizer.count(text)
+            try:
+                pieces = plan_long_input(text, count, self.tokenizer, limits.max_input_tokens, self.long_input)
+            except ValueError as error:
+                ready.append(EmbeddingOutcome(key, None, count, str(error)))
+                continue
+            job = _Job(key, sum(p.tokens for p in pieces), len(pieces))
+            for piece in pieces:
+                unit = units.get(piece.text)
+                if unit is None:
+                    unit = units[piece.text] = _Unit(piece.text, piece.tokens)
+                    unit.waiters.append((job, piece.tokens))
+                    yield unit
+                elif unit.vector is not None:
+                    self._settle(job, unit.vector, piece.tokens, ready)
+                elif unit.error is not None:
+                    self._settle_failure(job, unit.error, ready)
+                else:
+                    unit.waiters.append((job, piece.tokens))
 
     # -- one request, in a worker thread ------------------------------------------------------------
 
@@ -218,7 +229,7 @@ class Dispatcher:
                 reply = self.provider.embed(texts, on_headers=lambda headers: self.limiter.observe(headers, ticket))
             except RateLimited as error:
                 self.usage.add(rate_limited=1)
-                waited += self.limiter.rate_limited(error.retry_after)
+                waited += self.limiter.rate_limited(error.retry_after, request.tokens)
                 if waited > self.retry.max_rate_limit_wait_s:
                     return self._give_up(request, f"{error}; still refused after waiting {waited:.0f} s")
                 continue
@@ -246,26 +257,38 @@ class Dispatcher:
 
     def _deliver(self, request: _Request, reply, ready: list) -> None:
         for unit, vector in zip(request.units, reply.vectors):
+            unit.vector = vector
             for job, weight in unit.waiters:
-                if job.done:
-                    continue
-                job.left -= 1
-                if job.left == 0 and job.acc is None:
-                    job.done = True
-                    ready.append(EmbeddingOutcome(job.key, vector, job.tokens))
-                    continue
-                part = vector.astype(np.float64) * weight
-                job.acc = part if job.acc is None else job.acc + part
-                if job.left == 0:
-                    job.done = True
-                    norm = np.linalg.norm(job.acc)
-                    mean = (job.acc / norm if norm > 0 else job.acc).astype(np.float32)
-                    ready.append(EmbeddingOutcome(job.key, mean, job.tokens))
+                self._settle(job, vector, weight, ready)
+            unit.waiters.clear()
+
+    def _fail(self, units: list[_Unit], reason: str, ready: list) -> None:
+        for unit in units:
+            unit.error = reason
+            for job, _ in unit.waiters:
+                self._settle_failure(job, reason, ready)
+            unit.waiters.clear()
 
     @staticmethod
-    def _fail(units: list[_Unit], reason: str, ready: list) -> None:
-        for unit in units:
-            for job, _ in unit.waiters:
-                if not job.done:
-                    job.done = True
-                    ready.append(EmbeddingOutcome(job.key, None, job.tokens, reason))
+    def _settle(job: _Job, vector: np.ndarray, weight: int, ready: list) -> None:
+        """Add one piece's vector to its item; emit the item when its last piece is in."""
+        if job.done:
+            return
+        job.left -= 1
+        if job.left == 0 and job.acc is None:
+            job.done = True
+            ready.append(EmbeddingOutcome(job.key, vector, job.tokens))
+            return
+        part = vector.astype(np.float64) * weight
+        job.acc = part if job.acc is None else job.acc + part
+        if job.left == 0:
+            job.done = True
+            norm = np.linalg.norm(job.acc)
+            mean = (job.acc / norm if norm > 0 else job.acc).astype(np.float32)
+            ready.append(EmbeddingOutcome(job.key, mean, job.tokens))
+
+    @staticmethod
+    def _settle_failure(job: _Job, reason: str, ready: list) -> None:
+        if not job.done:
+            job.done = True
+            ready.append(EmbeddingOutcome(job.key, None, job.tokens, reason))

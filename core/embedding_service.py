@@ -13,6 +13,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Hashable, Iterable, Iterator, List
 
 import numpy as np
@@ -130,6 +131,19 @@ class EmbeddingService:
         )
         self.provider = OpenAIProvider(self.client, model, dimensions, self._tap, encoding_format)
         self._cache = _LRUCache(cache_size)
+        # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
+
+    def close(self) -> None:
+        """Stop the worker threads and the HTTP client (the service cannot be used after)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    def __enter__(self) -> "EmbeddingService":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- accounting ---------------------------------------------------------------------------------
 
@@ -177,6 +191,7 @@ class EmbeddingService:
             limiter=self.limiter,
             retry=self.retry,
             usage=self.usage,
+            pool=self._pool,
             window_texts=max(1, window_texts),
         )
         return dispatcher.run(items, max_inputs=max_batch_size)

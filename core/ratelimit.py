@@ -26,7 +26,6 @@ class _Bucket:
         self.capacity = float(capacity if capacity is not None else per_minute)
         self.level = self.capacity
         self.stamp = now
-        self.sent = 0.0  # everything ever debited, to tell what was sent after a given request
 
     @property
     def rate(self) -> float:
@@ -43,13 +42,19 @@ class _Bucket:
 
     def take(self, cost: float) -> None:
         self.level -= cost
-        self.sent += cost
 
-    def sync(self, remaining: float, sent_before: float, admitted_at: float, now: float) -> None:
-        """Lower our level to what the server's reply implies; never raise it (others may share the key)."""
+    def sync(self, remaining: float, sent_since: float, admitted_at: float, now: float, slack: float) -> None:
+        """Lower our level to what the server's reply implies; never raise it (others may share the key).
+
+        ``remaining`` is the server's level when the request was admitted; since then the server
+        has refilled, and has admitted (or will admit) what we sent after that request. Requests
+        sent just after it may have overtaken it on the way, so differences within ``slack`` (about
+        one request) are noise, not news: acting on them would leave budget unused.
+        """
         self.refill(now)
-        estimate = remaining + self.rate * (now - admitted_at) - (self.sent - sent_before)
-        self.level = min(self.level, estimate)
+        estimate = min(self.capacity, remaining + self.rate * (now - admitted_at)) - sent_since
+        if estimate < self.level - slack:
+            self.level = estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +63,8 @@ class Ticket:
 
     at: float
     tokens: int
-    requests_sent: float
-    tokens_sent: float
+    requests_sent: int  # everything dispatched before this request, counted even before limits are known
+    tokens_sent: int
 
 
 class RateLimiter:
@@ -82,6 +87,8 @@ class RateLimiter:
         self._learn = learn
         self._paused_until = 0.0
         self._consecutive_429 = 0
+        self._requests_sent = 0
+        self._tokens_sent = 0
         self.waited_s = 0.0
 
     @property
@@ -107,12 +114,9 @@ class RateLimiter:
                     self._tokens.wait_for(tokens, now) if self._tokens else 0.0,
                 )
                 if wait <= 0:
-                    ticket = Ticket(
-                        now,
-                        tokens,
-                        self._requests.sent if self._requests else 0.0,
-                        self._tokens.sent if self._tokens else 0.0,
-                    )
+                    ticket = Ticket(now, tokens, self._requests_sent, self._tokens_sent)
+                    self._requests_sent += 1
+                    self._tokens_sent += tokens
                     if self._requests:
                         self._requests.take(1)
                     if self._tokens:
@@ -133,28 +137,35 @@ class RateLimiter:
                     per_minute = min(limit, user) if user else limit
                     if bucket is None:
                         bucket = _Bucket(per_minute, None, now)
-                        bucket.level = remaining if remaining is not None else bucket.capacity
                         if kind == "requests":
                             self._requests = bucket
                         else:
                             self._tokens = bucket
-                        continue
-                    if bucket.per_minute != per_minute:
+                    elif bucket.per_minute != per_minute:
                         bucket.per_minute = bucket.capacity = per_minute
                 if bucket is not None and remaining is not None and ticket is not None:
-                    sent_before = ticket.requests_sent + 1 if kind == "requests" else ticket.tokens_sent + ticket.tokens
-                    bucket.sync(remaining, sent_before, ticket.at, now)
+                    if kind == "requests":
+                        sent_since, slack = self._requests_sent - ticket.requests_sent - 1, 1
+                    else:
+                        sent_since, slack = self._tokens_sent - ticket.tokens_sent - ticket.tokens, ticket.tokens
+                    bucket.sync(remaining, sent_since, ticket.at, now, slack)
             self._cond.notify_all()
 
     def succeeded(self) -> None:
         with self._cond:
             self._consecutive_429 = 0
 
-    def rate_limited(self, retry_after: float | None) -> float:
-        """Pause every dispatch after a 429; returns the pause chosen (seconds)."""
+    def rate_limited(self, retry_after: float | None, tokens: int = 0) -> float:
+        """Pause every dispatch after a 429; returns the pause chosen (seconds).
+
+        The server's ``retry-after`` is when *its* bucket will hold this request's ``tokens``, so
+        our estimate of its level now is ``tokens - rate * retry_after``: resetting to that,
+        rather than to zero, resumes exactly when the server will admit again.
+        """
         with self._cond:
             self._consecutive_429 += 1
-            if retry_after is None:
+            hinted = retry_after is not None
+            if not hinted:
                 # No hint from the server: back off exponentially with jitter, shared by all.
                 retry_after = min(MAX_BACKOFF_S, 0.25 * 2 ** (self._consecutive_429 - 1))
                 retry_after *= 0.5 + random.random()
@@ -162,7 +173,8 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, now + retry_after)
             if self._tokens:
                 self._tokens.refill(now)
-                self._tokens.level = min(self._tokens.level, 0.0)
+                floor = tokens - self._tokens.rate * retry_after if hinted else 0.0
+                self._tokens.level = min(self._tokens.level, floor)
             self._cond.notify_all()
             return retry_after
 

@@ -1,8 +1,20 @@
 """Request packing: never over a limit, every input exactly once, order kept, work spread."""
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.batching import Limits, pack
+from core.batching import MAX_TARGET_CHARS, MIN_REQUEST_CHARS, Limits, balance_target, pack
+
+
+@dataclass(frozen=True)
+class Unit:
+    tokens: int
+    chars: int
+
+
+def units(counts):
+    return [Unit(t, 4 * t) for t in counts]
 
 
 @settings(max_examples=300, deadline=None)
@@ -10,40 +22,51 @@ from core.batching import Limits, pack
     counts=st.lists(st.integers(1, 500), max_size=400),
     max_inputs=st.integers(1, 50),
     max_request_tokens=st.integers(500, 5000),
-    parallel=st.integers(1, 32),
-    min_request_tokens=st.integers(1, 3000),
+    target_chars=st.floats(1, 50_000),
 )
-def test_pack_respects_limits_and_keeps_every_input_once_in_order(counts, max_inputs, max_request_tokens, parallel, min_request_tokens):
+def test_pack_respects_limits_and_keeps_every_input_once_in_order(counts, max_inputs, max_request_tokens, target_chars):
     limits = Limits(max_inputs=max_inputs, max_request_tokens=max_request_tokens, max_input_tokens=500)
-    spans = pack(counts, limits, parallel=parallel, min_request_tokens=min_request_tokens)
-    flat = [i for span in spans for i in span]
-    assert flat == list(range(len(counts)))
-    for span in spans:
-        assert 1 <= len(span) <= max_inputs
-        assert sum(counts[i] for i in span) <= max_request_tokens
+    given_units = units(counts)
+    requests = list(pack(given_units, limits, target_chars))
+    assert [u for r in requests for u in r] == given_units  # the same objects, once each, in order
+    assert all(r for r in requests)
+    for request in requests:
+        assert len(request) <= max_inputs
+        assert sum(u.tokens for u in request) <= max_request_tokens
 
 
 def test_a_corpus_over_300k_tokens_never_goes_out_as_one_request():
-    counts = [350] * 1000  # the seed's case: 350,000 tokens
-    spans = pack(counts, Limits(max_inputs=2048), parallel=1)
-    assert len(spans) >= 2
-    assert all(sum(counts[i] for i in s) <= 300_000 for s in spans)
+    requests = list(pack(units([350] * 1000), Limits(), target_chars=float("inf")))  # the seed's case
+    assert len(requests) == 2
+    assert all(sum(u.tokens for u in r) <= 300_000 for r in requests)
 
 
 def test_work_is_spread_over_the_parallel_slots():
-    spans = pack([350] * 1000, Limits(), parallel=16)
-    assert 16 <= len(spans) <= 17
-    sizes = [len(s) for s in spans]
+    given_units = units([350] * 1000)
+    target = balance_target(sum(u.chars for u in given_units), parallel=16)
+    requests = list(pack(given_units, Limits(), target))
+    assert 16 <= len(requests) <= 17
+    sizes = [len(r) for r in requests]
     assert max(sizes) - min(sizes) <= max(sizes) // 2 + 1
 
 
-def test_tiny_jobs_are_not_fanned_out():
-    assert len(pack([10] * 30, Limits(), parallel=16)) == 1
+def test_balance_target_bounds():
+    assert balance_target(100, 16) == MIN_REQUEST_CHARS  # tiny jobs are not fanned out
+    assert balance_target(10**9, 16) == MAX_TARGET_CHARS
+
+
+def test_packing_streams():
+    def endless():
+        while True:
+            yield Unit(10, 40)
+
+    first = next(iter(pack(endless(), Limits(max_inputs=3))))
+    assert len(first) == 3
 
 
 def test_an_input_over_the_per_input_limit_is_refused():
-    with pytest.raises(ValueError, match="input 1 has 9000 tokens"):
-        pack([5, 9000], Limits())
+    with pytest.raises(ValueError, match="an input has 9000 tokens"):
+        list(pack(units([5, 9000]), Limits()))
 
 
 def test_limits_are_validated():

@@ -49,10 +49,12 @@ def test_limits_are_learned_from_headers_and_user_limits_cap_them():
     clock = FakeClock()
     limiter = RateLimiter(clock=clock)
     ticket = limiter.acquire(1000)
+    limiter.acquire(2000)  # sent before any limit was known: still accounted for
     limiter.observe({"x-ratelimit-limit-tokens": "1000000", "x-ratelimit-remaining-tokens": "5000",
                      "x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "2999"}, ticket)
     assert limiter.tokens_per_minute == 1_000_000
-    assert limiter._tokens.level == 5000
+    assert limiter._tokens.level == 3000
+    assert limiter._requests.level == 3000 - 2  # within one request of ours: left alone
     capped = RateLimiter(tpm=100_000, clock=clock)
     capped.observe({"x-ratelimit-limit-tokens": "1000000"}, None)
     assert capped.tokens_per_minute == 100_000
@@ -67,6 +69,9 @@ def test_sync_accounts_for_refill_and_what_was_sent_since():
     # The server says: right after admitting the first request it had 200k left (a smaller bucket than we thought).
     limiter.observe({"x-ratelimit-remaining-tokens": "200000"}, first)
     assert limiter._tokens.level == pytest.approx(200_000 + 10_000 - 50_000)
+    # Within one request (100k) of our own estimate: noise, left alone.
+    limiter.observe({"x-ratelimit-remaining-tokens": "120000"}, first)
+    assert limiter._tokens.level == pytest.approx(160_000)
     # A stale, more generous reply never raises our estimate.
     limiter.observe({"x-ratelimit-remaining-tokens": "590000"}, first)
     assert limiter._tokens.level == pytest.approx(160_000)
