@@ -566,8 +566,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.simulator", description=__doc__.split("\n\n")[0])
+def _parser(prog: str = "python -m core.simulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 lets the OS pick a free port")
     kinds = _field_types()
@@ -604,8 +604,8 @@ def _argv(config: SimulatorConfig) -> list[str]:
     return argv
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
+def main(argv: list[str] | None = None, prog: str = "python -m core.simulator") -> None:
+    args = vars(_parser(prog).parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     serve(SimulatorConfig(**args), host, port, on_ready=lambda url: print(f"listening on {url}", flush=True))
 

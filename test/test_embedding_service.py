@@ -293,6 +293,16 @@ def test_rate_limits_learned_from_headers_keep_429s_rare(corpus):
     assert stats["rate_limited"] <= stats["requests"] // 10
 
 
+def test_a_request_bigger_than_the_token_bucket_is_split_not_waited_on(corpus):
+    with SimulatorProcess(tpm=600_000, tpm_burst=1_500) as sim:  # requests start at ~4k tokens
+        service = service_for(sim)
+        started = time.monotonic()
+        result = service.batch_generate_embeddings(corpus[:40])
+        assert time.monotonic() - started < 20
+    assert result["failed_indices"] == [] and service.usage.splits > 0
+    assert_all_correct(result, corpus[:40])
+
+
 def test_concurrent_callers_share_one_service(sim, corpus):
     service = service_for(sim)
     results = {}

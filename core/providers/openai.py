@@ -168,6 +168,9 @@ def classify(error: openai.APIError) -> Exception:
     if isinstance(error, openai.RateLimitError):
         if _code(error) == "insufficient_quota":
             return ProviderFatalError(f"quota exhausted (429 insufficient_quota): {message}")
+        if "request too large" in message.lower():
+            # Bigger than the whole token bucket: waiting never helps, smaller requests do.
+            return RequestRejected(f"request too large for the rate limit (429): {message}")
         response = getattr(error, "response", None)
         return RateLimited(f"rate limited (429): {message}", retry_after_seconds(getattr(response, "headers", None)))
     if isinstance(error, openai.AuthenticationError):
