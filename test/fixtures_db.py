@@ -1,1 +1,72 @@
-"""Fixtures that start the embedded Postgres (core.embedded_db) for tests."""
+"""Fixtures that start the embedded Postgres (core.embedded_db) for tests.
+
+- ``embedded_pg`` (session): one embedded Postgres 16 + pgvector in a pytest temporary directory,
+  with a template database that already has every migration applied.
+- ``database_url`` (function): a fresh database for each test, cloned from that template
+  (``CREATE DATABASE … TEMPLATE``, a few milliseconds) and dropped afterwards.
+- ``store`` (function): a ``SupabaseStore`` on that database, closed afterwards.
+- ``db`` (function): a plain autocommit psycopg connection to it, pgvector types registered.
+"""
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+__all__ = ["embedded_pg", "database_url", "store", "db"]
+
+TEMPLATE_DB = "sections_template"
+
+
+@pytest.fixture(scope="session")
+def embedded_pg(tmp_path_factory):
+    from core.embedded_db import EmbeddedPostgres
+    from core.schema import apply_migrations
+
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("sections-data"))
+    try:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            # a throwaway cluster: durability buys nothing here, and fsyncs cost seconds per run
+            for setting in ("fsync = off", "synchronous_commit = off", "full_page_writes = off"):
+                conn.execute(f"alter system set {setting}")
+            conn.execute("select pg_reload_conf()")
+            conn.execute(f"drop database if exists {TEMPLATE_DB}")
+            conn.execute(f"create database {TEMPLATE_DB}")
+        with psycopg.connect(pg.url_for(TEMPLATE_DB), autocommit=True) as conn:
+            apply_migrations(conn)
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def database_url(embedded_pg):
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(embedded_pg.url, autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE_DB}")
+    try:
+        yield embedded_pg.url_for(name)
+    finally:
+        with psycopg.connect(embedded_pg.url, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
+def store(database_url):
+    from core.supabase_store import SupabaseStore
+
+    s = SupabaseStore(database_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def db(database_url):
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register_vector(conn)
+        yield conn

@@ -1,0 +1,83 @@
+"""SQL migrations: ``NNN_name.sql`` files in this package, applied in order, each once.
+
+``apply_migrations(conn)`` runs in one transaction that first takes a transaction-scoped advisory
+lock, so two processes starting at once serialise: the second waits, then sees the first's rows in
+``schema_migrations`` and applies nothing. A migration that fails rolls back with everything else
+in that transaction; nothing is recorded for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = ["Migration", "migrations", "apply_migrations", "MIGRATION_LOCK_KEY"]
+
+# pg_advisory_xact_lock key: a fixed 63-bit number derived from the name, shared by every process.
+MIGRATION_LOCK_KEY = int.from_bytes(hashlib.blake2b(b"sections.schema_migrations", digest_size=8).digest(), "big") >> 1
+
+_NAME = re.compile(r"^(\d{3,})_([A-Za-z0-9_]+)\.sql$")
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str  # "001"
+    name: str  # "001_init"
+    sql: str
+    checksum: str  # sha256 of the file, hex
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped with the package, in version order."""
+    found = []
+    for entry in resources.files(__package__).iterdir():
+        match = _NAME.match(entry.name)
+        if not match:
+            continue
+        sql = entry.read_text(encoding="utf-8")
+        found.append(Migration(match.group(1), entry.name[:-4], sql, hashlib.sha256(sql.encode()).hexdigest()))
+    found.sort(key=lambda m: int(m.version))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions in core/schema: {versions}")
+    return found
+
+
+def apply_migrations(conn) -> list[str]:
+    """Apply the migrations this database lacks; returns the names applied (empty if none).
+
+    ``conn`` is a psycopg 3 connection, idle (not inside a transaction).
+    """
+    applied_now: list[str] = []
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            """
+            create table if not exists schema_migrations (
+                version     text primary key,
+                name        text not null,
+                checksum    text not null,
+                applied_at  timestamptz not null default now()
+            )
+            """
+        )
+        done = {row[0]: row[1] for row in conn.execute("select version, checksum from schema_migrations")}
+        for migration in migrations():
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    _log.warning(
+                        "migration %s changed since it was applied; applied migrations are never re-run: "
+                        "put changes in a new file", migration.name
+                    )
+                continue
+            _log.info("applying migration %s", migration.name)
+            conn.execute(migration.sql)  # no parameters: simple query protocol, several statements
+            conn.execute(
+                "insert into schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+            applied_now.append(migration.name)
+    return applied_now
