@@ -1,15 +1,360 @@
-"""The ``sections`` command."""
+"""The ``sections`` command.
+
+Exit codes: 0 all done; 2 some sections failed (the rest is stored); 1 the run could not proceed
+(bad input, unreachable database, no key, quota or auth refused). Nothing secret is printed: API
+keys never, database URLs with their password masked.
+"""
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections import Counter
+from typing import Annotated, Any, List, NoReturn, Optional
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+from core.embedded_db import mask_url
+from core.errors import ProviderFatalError
+from core.providers.openai import scrub
+from core.usage import estimate_cost_usd
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
+DEMO_QUERIES = {
+    "how do I handle an exception and clean up afterwards": "try",
+    "loop over the items of a list": "for",
+    "define a function with default parameter values": "function",
+    "pad a number with zeros inside a formatted string": "formatstrings",
+    "anonymous functions with lambda": "lambda",
+    "import a module from a package": "import",
+}
 
 app = typer.Typer(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+Model = Annotated[str, typer.Option("--model", "-m", help="all-MiniLM-L6-v2 (local, the default), a local "
+                                    "sentence-transformers folder, or an OpenAI model (needs OPENAI_API_KEY).")]
+DatabaseUrl = Annotated[Optional[str], typer.Option(
+    "--database-url", help="Postgres/Supabase connection string (default: DATABASE_URL, else the embedded Postgres).",
+    show_default=False)]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", help="Any OpenAI-compatible server (default: OPENAI_BASE_URL).", show_default=False)]
+Provider = Annotated[Optional[str], typer.Option("--provider", help="openai or local (default: from the model).")]
+Dimensions = Annotated[Optional[int], typer.Option("--dimensions", help="Shorter vectors (text-embedding-3 models).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {scrub(message)}", markup=True)
+    raise typer.Exit(1)
+
+
+def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],
+                  **options: Any):
+    from core.embedding_service import EmbeddingService
+
+    try:
+        return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
+                                **{k: v for k, v in options.items() if v is not None})
+    except (ValueError, RuntimeError, OSError) as error:
+        fail(str(error))
+
+
+def open_store(database_url: Optional[str]):
+    from core.supabase_store import SupabaseStore
+
+    try:
+        return SupabaseStore(database_url, connect_timeout=15)
+    except Exception as error:  # any reason the database cannot be reached or prepared
+        where = mask_url(database_url) if database_url else "the database (DATABASE_URL or the embedded Postgres)"
+        message = str(error)
+        if database_url:
+            message = message.replace(database_url, mask_url(database_url))
+        fail(f"cannot open {where}: {message.strip().splitlines()[0] if message.strip() else type(error).__name__}")
+
+
+def progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.1f} sections/s"), TextColumn("{task.fields[tokens]:>10,} tokens"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err, disable=quiet, transient=False,
+    )
+
+
+def tracked_ingest(store, sections, service, total: int, quiet: bool) -> tuple[dict, float]:
+    """Run ``store.ingest`` behind a progress bar; returns the result and the seconds it took."""
+    started = time.perf_counter()
+    with progress_bar(quiet) as bar:
+        task = bar.add_task("ingest", total=total, rate=0.0, tokens=0)
+
+        def on_progress(counts: dict) -> None:
+            done = counts["success"] + counts["failed"] + counts["skipped"]
+            bar.update(task, completed=done, tokens=counts["tokens"],
+                       rate=done / max(1e-9, time.perf_counter() - started))
+
+        try:
+            result = store.ingest(sections, service, on_progress=on_progress)
+        except ProviderFatalError as error:
+            partial = getattr(error, "result", None) or {}
+            print_summary(partial, service, total, 0, time.perf_counter() - started, quiet=quiet, json_out=False)
+            fail(f"{error} — what was embedded is stored; run the same command again to finish")
+    return result, time.perf_counter() - started
+
+
+def summary_of(result: dict, service, read: int, invalid: int, elapsed: float) -> dict:
+    reasons = Counter(result.get("errors", {}).values()).most_common(5)
+    tokens = int(result.get("total_tokens", 0))
+    return {
+        "model": service.model,
+        "read": read,
+        "invalid": invalid,
+        "unchanged": result.get("skipped_count", 0),
+        "embedded": result.get("success_count", 0),
+        "failed": result.get("failed_count", 0),
+        "failure_reasons": [{"reason": r, "count": n} for r, n in reasons],
+        "failed_ids": result.get("failed_ids", [])[:20],
+        "tokens": tokens,
+        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),
+        "elapsed_s": round(elapsed, 3),
+        "sections_per_s": round(read / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+def print_summary(result: dict, service, read: int, invalid: int, elapsed: float, *, quiet: bool, json_out: bool) -> dict:
+    summary = summary_of(result, service, read, invalid, elapsed)
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return summary
+    table = Table(title=f"ingest summary ({summary['model']})", show_header=False)
+    for label, key in (("read", "read"), ("invalid (skipped)", "invalid"), ("unchanged", "unchanged"),
+                       ("embedded", "embedded"), ("failed", "failed"), ("tokens", "tokens")):
+        table.add_row(label, f"{summary[key]:,}")
+    table.add_row("estimated cost", f"${summary['estimated_cost_usd']:.4f}")
+    table.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")
+    table.add_row("sections/s", f"{summary['sections_per_s'] or 0:,.1f}")
+    out.print(table)
+    for item in summary["failure_reasons"]:
+        out.print(f"  failed x{item['count']}: {scrub(item['reason'])}")
+    return summary
+
+
+def read_sources(paths: List[str], skip_invalid: bool):
+    from core.sources import SourceError, open_sources
+
+    try:
+        return open_sources(paths, skip_invalid=skip_invalid, stdin=sys.stdin)
+    except SourceError as error:
+        err.print(str(error), markup=False)
+        fail(f"invalid input: {error.problem_count} problem(s); nothing was written (--skip-invalid ingests the valid ones)")
 
 
 @app.callback()
 def main() -> None:
     """Embed document sections in large, fast, safe batches into Postgres/pgvector."""
+
+
+@app.command()
+def ingest(
+    paths: Annotated[List[str], typer.Argument(help="Files or folders (JSONL, JSON, CSV, Markdown, text); - for stdin.")],
+    model: Model = DEFAULT_MODEL,
+    database_url: DatabaseUrl = None,
+    base_url: BaseUrl = None,
+    provider: Provider = None,
+    dimensions: Dimensions = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")] = None,
+    rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
+    tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
+    long_input: Annotated[str, typer.Option(help="Inputs over the model's window: average, truncate or fail.")] = "average",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count tokens and estimate cost; call no API.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Ingest the valid sections, report the rest.")] = False,
+    json_out: JsonOut = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section.")] = False,
+) -> None:
+    """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
+    source = read_sources(paths, skip_invalid)
+    if not json_out:
+        for problem in source.problems[:20]:
+            err.print(f"skipped: {problem}", markup=False)
+    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                            long_input=long_input)
+    store = open_store(database_url)
+    with store:
+        if dry_run:
+            return dry_run_report(store, source, service, json_out)
+        result, elapsed = tracked_ingest(store, source, service, source.count, quiet=json_out)
+    summary = print_summary(result, service, source.count, source.problem_count, elapsed, quiet=json_out,
+                            json_out=json_out)
+    if verbose and not json_out:
+        for section_id, reason in result["errors"].items():
+            out.print(f"  {section_id}: {scrub(reason)}", markup=False)
+    raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)
+
+
+def dry_run_report(store, source, service, json_out: bool) -> None:
+    """What an ingest would embed and cost, from the stored hashes and exact token counts."""
+    from core.supabase_store import content_hash, section_text
+
+    read = unchanged = to_embed = tokens = 0
+    batch: list = []
+
+    def settle(batch: list) -> None:
+        nonlocal unchanged, to_embed, tokens
+        stored = store.stored_hashes(service.model, [s.id for s in batch])
+        for s in batch:
+            digest = content_hash(s.title, s.content, service.model, service.dimensions, service.long_input)
+            if stored.get(s.id) == digest:
+                unchanged += 1
+            else:
+                to_embed += 1
+                tokens += service.tokenizer.count(section_text(s.title, s.content))
+
+    for section in source:
+        read += 1
+        batch.append(section)
+        if len(batch) == 1000:
+            settle(batch)
+            batch = []
+    if batch:
+        settle(batch)
+    report = {"model": service.model, "read": read, "invalid": source.problem_count, "unchanged": unchanged,
+              "would_embed": to_embed, "tokens": tokens,
+              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"dry run ({service.model}): nothing sent", show_header=False)
+    for key, value in report.items():
+        if key != "model":
+            table.add_row(key.replace("_", " "), f"${value:.4f}" if key == "estimated_cost_usd" else f"{value:,}")
+    out.print(table)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
+    model: Model = DEFAULT_MODEL,
+    database_url: DatabaseUrl = None,
+    base_url: BaseUrl = None,
+    provider: Provider = None,
+    dimensions: Dimensions = None,
+    json_out: JsonOut = False,
+) -> None:
+    """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with)."""
+    service = build_service(model, base_url, provider, dimensions)
+    with open_store(database_url) as store:
+        try:
+            hits = store.search(query, service, k=k)
+        except ProviderFatalError as error:
+            fail(str(error))
+    if json_out:
+        out.print_json(json.dumps(hits))
+        return
+    if not hits:
+        out.print(f"no sections embedded with {service.model} yet: run `sections ingest PATH --model {service.model}`")
+        return
+    print_hits(query, hits)
+
+
+def print_hits(query: str, hits: list[dict]) -> None:
+    table = Table(title=f"“{query}”")
+    for column in ("score", "id", "title", "snippet"):
+        table.add_column(column, overflow="fold")
+    for hit in hits:
+        table.add_row(f"{hit['score']:.3f}", hit["id"], hit["title"] or "", (hit.get("snippet") or "")[:160])
+    out.print(table)
+
+
+@app.command()
+def status(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Only this model.")] = None,
+    database_url: DatabaseUrl = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Per model: sections, embedded, stale, failed and the commonest failure reasons."""
+    with open_store(database_url) as store:
+        report = store.status(model)
+    if json_out:
+        out.print_json(json.dumps(report, default=list))
+        return
+    if not report:
+        out.print("nothing stored yet: run `sections ingest PATH`")
+    for name, row in report.items():  # one small table per model: readable in any terminal width
+        table = Table(title=name, show_header=False)
+        for column in ("sections", "embedded", "current", "stale", "missing", "failed", "dimensions", "indexed"):
+            table.add_row(column, _cell(row.get(column, "")))
+        out.print(table)
+    for name, row in report.items():
+        for reason, count in row.get("top_failure_reasons", []):
+            out.print(f"  {name}: failed x{count}: {scrub(reason)}", markup=False)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):  # {dimensions: indexed?}
+        return ", ".join(f"{d}: {'yes' if v else 'no'}" for d, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+@app.command()
+def sync(
+    model: Model = DEFAULT_MODEL,
+    database_url: DatabaseUrl = None,
+    base_url: BaseUrl = None,
+    provider: Provider = None,
+    dimensions: Dimensions = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight.")] = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
+    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency)
+    started = time.perf_counter()
+    with open_store(database_url) as store:
+        try:
+            result = store.sync(service)
+        except ProviderFatalError as error:
+            fail(f"{error} — what was embedded is stored; run sync again to finish")
+    done = result.get("success_count", 0) + result.get("failed_count", 0)
+    summary = print_summary(result, service, done, 0, time.perf_counter() - started, quiet=json_out, json_out=json_out)
+    raise typer.Exit(2 if summary["failed"] else 0)
+
+
+@app.command()
+def index(
+    model: Model = DEFAULT_MODEL,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Build the HNSW index for a model's vectors (ingest does this itself after large loads)."""
+    with open_store(database_url) as store:
+        started = time.perf_counter()
+        names = store.build_index(model)
+    out.print(f"indexed {model}: {', '.join(names) or 'nothing stored yet'} ({time.perf_counter() - started:.1f} s)")
+
+
+@app.command()
+def demo(
+    model: Model = DEFAULT_MODEL,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Ingest Python's own language reference (shipped with Python) and search it."""
+    from core.sample_corpus import pydoc_sections
+
+    sections = pydoc_sections()
+    service = build_service(model, None, None, None)
+    with open_store(database_url) as store:
+        result, elapsed = tracked_ingest(store, sections, service, len(sections), quiet=False)
+        print_summary(result, service, len(sections), 0, elapsed, quiet=False, json_out=False)
+        for query in DEMO_QUERIES:
+            print_hits(query, store.search(query, service, k=3))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

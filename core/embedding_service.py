@@ -27,7 +27,22 @@ from core.ratelimit import RateLimiter
 from core.tokens import LONG_INPUT_POLICIES, TiktokenTokenizer
 from core.usage import Usage
 
-__all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError"]
+__all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError", "choose_provider"]
+
+DEFAULT_CONCURRENCY = 16  # requests in flight to an HTTP provider
+
+
+def choose_provider(model: str, base_url: str | None = None) -> str:
+    """``local`` for a sentence-transformers model name or folder, else ``openai`` (any compatible server).
+
+    A ``base_url`` always means an OpenAI-compatible server, whatever the model is called there.
+    """
+    if base_url is None:
+        from core.providers.local import is_local_model
+
+        if is_local_model(model):
+            return "local"
+    return "openai"
 
 
 class _LRUCache:
@@ -79,7 +94,12 @@ def _validate_texts(texts: Any) -> None:
 
 
 class EmbeddingService:
-    """Embeds texts through the OpenAI embeddings API or any OpenAI-compatible server."""
+    """Embeds texts through the OpenAI embeddings API, any OpenAI-compatible server, or a local model.
+
+    The provider follows from the model: a sentence-transformers model name or folder
+    (``all-MiniLM-L6-v2``) runs locally; anything else, or any ``base_url``, goes over HTTP;
+    ``provider`` overrides.
+    """
 
     MAX_BATCH_SIZE = 2048  # OpenAI's maximum inputs per request
     LEGACY_BATCH_SIZE = 100  # what the deprecated batch_generate used
@@ -91,7 +111,8 @@ class EmbeddingService:
         base_url: str | None = None,
         dimensions: int | None = None,
         *,
-        concurrency: int = 16,
+        provider: str | None = None,
+        concurrency: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
         long_input: str = "average",
@@ -106,30 +127,48 @@ class EmbeddingService:
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be positive")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            if base_url is None:
-                raise ValueError("no OpenAI API key: pass api_key or set OPENAI_API_KEY (or give base_url for a server that needs none)")
-            api_key = "no-key-required"
-        self.model = model
-        self.dimensions = dimensions
+        provider = provider or choose_provider(model, base_url)
         self.long_input = long_input
         self.base_url = base_url
-        self.concurrency = concurrency
-        self.limits = limits or Limits()
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
-        self.usage = Usage(model)
-        self.tokenizer = TiktokenTokenizer()
-        self._tap = HeaderTap()
-        self.client = OpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=0,  # our dispatcher owns retries, coordinated with the limiter
-            timeout=timeout,
-            http_client=DefaultHttpxClient(event_hooks={"response": [self._tap]}),
-        )
-        self.provider = OpenAIProvider(self.client, model, dimensions, self._tap, encoding_format)
+        self.client = None
+        if provider == "local":
+            from core.providers.local import LocalProvider
+
+            if dimensions is not None:
+                raise ValueError("dimensions cannot be chosen for a local model")
+            self.provider = LocalProvider(model)
+            self.model = self.provider.model_name
+            self.tokenizer = self.provider.tokenizer
+            self.limits = limits or self.provider.limits
+            concurrency = concurrency or self.provider.concurrency
+        elif provider == "openai":
+            api_key = api_key or os.environ.get("OPENAI_API_KEY")
+            if not api_key:
+                if base_url is None:
+                    raise ValueError("no OpenAI API key: pass api_key or set OPENAI_API_KEY "
+                                     "(or give base_url for a server that needs none)")
+                api_key = "no-key-required"
+            self.model = model
+            self.tokenizer = TiktokenTokenizer()
+            self.limits = limits or Limits()
+            self._tap = HeaderTap()
+            self.client = OpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,  # our dispatcher owns retries, coordinated with the limiter
+                timeout=timeout,
+                http_client=DefaultHttpxClient(event_hooks={"response": [self._tap]}),
+            )
+            self.provider = OpenAIProvider(self.client, model, dimensions, self._tap, encoding_format)
+            concurrency = concurrency or DEFAULT_CONCURRENCY
+        else:
+            raise ValueError(f"unknown provider {provider!r}; choose 'openai' or 'local'")
+        self.provider_name = provider
+        self.dimensions = dimensions
+        self.concurrency = concurrency
+        self.usage = Usage(self.model)
         self._cache = _LRUCache(cache_size)
         # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
@@ -137,7 +176,8 @@ class EmbeddingService:
     def close(self) -> None:
         """Stop the worker threads and the HTTP client (the service cannot be used after)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     def __enter__(self) -> "EmbeddingService":
         return self

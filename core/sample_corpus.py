@@ -76,3 +76,29 @@ def stdlib_sections(count: int, tokens_per_section: int = 350) -> list[dict]:
         title = starts[module_at][1] if starts else "stdlib"
         sections.append({"id": f"stdlib-{i + 1:06d}", "title": title, "content": text})
     return sections
+
+
+def pydoc_sections(max_chars: int = 1500) -> list[dict]:
+    """Python's own language reference (``pydoc_data.topics``, shipped with every CPython) as
+    sections: each topic cut at paragraph breaks into pieces of about ``max_chars`` characters.
+
+    Ids are ``pydoc/<topic>#<n>`` and titles the topic's first line, so a search hit names the
+    part of the reference it comes from.
+    """
+    from pydoc_data.topics import topics
+
+    sections = []
+    for topic in sorted(topics):
+        text = topics[topic].strip()
+        heading = text.splitlines()[0].strip() if text else topic
+        pieces, current = [], ""
+        for paragraph in text.split("\n\n"):
+            if current and len(current) + len(paragraph) > max_chars:
+                pieces.append(current)
+                current = ""
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+        if current.strip():
+            pieces.append(current)
+        for n, piece in enumerate(pieces, 1):
+            sections.append({"id": f"pydoc/{topic}#{n}", "title": heading, "content": piece.strip()})
+    return sections

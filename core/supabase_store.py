@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import psycopg
@@ -216,8 +216,9 @@ _STOP = object()
 class _Tally:
     """Counts shared by the reading side and the writer thread."""
 
-    def __init__(self):
+    def __init__(self, on_progress: Optional[Callable[[dict], None]] = None):
         self.lock = threading.Lock()
+        self.on_progress = on_progress
         self.success = 0
         self.failed = 0
         self.skipped = 0
@@ -257,6 +258,15 @@ class _Tally:
                 if section_id not in succeeded:
                     self.failed += 1
                     self.errors[section_id] = reason
+        self.report()
+
+    def report(self) -> None:
+        """Tell the caller's progress display where the run stands (from any thread)."""
+        if self.on_progress is not None:
+            with self.lock:
+                counts = {"success": self.success, "failed": self.failed, "skipped": self.skipped,
+                          "tokens": self.tokens}
+            self.on_progress(counts)
 
     def result(self) -> dict:
         with self.lock:
@@ -500,6 +510,14 @@ class SupabaseStore:
         with self.connection() as conn, conn.transaction():
             return vector_writer.write_failures(conn, model_name, items)
 
+    def stored_hashes(self, model_name: str, section_ids: Sequence[str]) -> dict[str, bytes]:
+        """The content hash stored with each of these sections' vectors for ``model_name``."""
+        with self.connection() as conn:
+            return dict(conn.execute(
+                "select section_id, content_hash from section_embeddings where model_name = %s and section_id = any(%s)",
+                (model_name, list(section_ids)),
+            ).fetchall())
+
     def get_embedding(self, section_id: str, model_name: str) -> Optional[np.ndarray]:
         with self.connection() as conn:
             row = conn.execute(
@@ -520,6 +538,7 @@ class SupabaseStore:
         queue_size: int | None = None,
         flush_interval: float = 1.0,
         build_index: bool | None = None,
+        on_progress: Optional[Callable[[dict], None]] = None,
     ) -> dict:
         """Store ``sections`` and embed the ones whose stored vector is missing or out of date.
 
@@ -543,6 +562,9 @@ class SupabaseStore:
 
         ``build_index``: True builds the model's HNSW index afterwards, False never; None (default)
         builds it when the model has none yet and at least ``auto_index_min_rows`` vectors.
+
+        ``on_progress`` is called (from the writer thread too) with the counts so far: ``success``,
+        ``failed``, ``skipped``, ``tokens``.
         """
         if chunk_size < 1 or write_batch < 1:
             raise ValueError("chunk_size and write_batch must be positive")
@@ -550,7 +572,7 @@ class SupabaseStore:
         _check_model(model)
         requested_dimensions = getattr(embedding_service, "dimensions", None)
         long_input = getattr(embedding_service, "long_input", None) or LONG_INPUT_DEFAULT
-        tally = _Tally()
+        tally = _Tally(on_progress)
         writer = _Writer(
             self, model, requested_dimensions, long_input, tally,
             batch_size=write_batch, queue_size=queue_size or 2 * write_batch, flush_interval=flush_interval,
@@ -571,15 +593,10 @@ class SupabaseStore:
                 rows = _dedupe_sections(rows)
                 if not rows:
                     continue
-                ids = [row.id for row in rows]
                 with self.connection() as conn:
                     with conn.transaction():
                         _upsert_section_rows(conn, rows)
-                    stored = dict(conn.execute(
-                        "select section_id, content_hash from section_embeddings "
-                        "where model_name = %s and section_id = any(%s)",
-                        (model, ids),
-                    ).fetchall())
+                stored = self.stored_hashes(model, [row.id for row in rows])
                 for row in rows:
                     if not row.content.strip():
                         writer.put(("fail", row.id, "empty content"))
@@ -593,6 +610,7 @@ class SupabaseStore:
                     with pending_lock:
                         pending[seq] = (row.id, digest)
                     yield seq, section_text(row.title, row.content)
+                tally.report()
                 if writer.error is not None:
                     return
 

@@ -1,8 +1,166 @@
-"""The ``sections`` command, run as a real subprocess."""
+"""The ``sections`` command, in-process (typer's runner) and as a real subprocess.
+
+Embedding goes to the simulator over HTTP (``--base-url``); storage to a fresh database of the
+embedded Postgres. The simulator's ``/stats`` proves what was (or was not) sent.
+"""
 import json
 import subprocess
 import sys
 import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from core.cli import app
+from core.sample_corpus import stdlib_sections
+from core.supabase_store import section_text
+from core.tokens import TiktokenTokenizer
+
+runner = CliRunner()
+MODEL = "text-embedding-3-small"
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "sections.jsonl"
+    sections = stdlib_sections(120, tokens_per_section=100)
+    path.write_text("".join(json.dumps(s) + "\n" for s in sections), encoding="utf-8")
+    return path, sections
+
+
+def run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def common(sim, database_url):
+    return ["--model", MODEL, "--base-url", sim.base_url, "--database-url", database_url, "--dimensions", "32"]
+
+
+def test_ingest_then_rerun_then_search_as_a_subprocess(sim, database_url, corpus_file):
+    path, sections = corpus_file
+    command = [sys.executable, "-m", "core.cli", "ingest", str(path), *common(sim, database_url), "--json"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["embedded"] == 120 and summary["failed"] == 0 and summary["tokens"] == sim.stats()["tokens"]
+    again = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=120).stdout)
+    assert again["unchanged"] == 120 and again["embedded"] == 0 and again["tokens"] == 0
+
+    target = sections[7]
+    found = subprocess.run([sys.executable, "-m", "core.cli", "search", section_text(target["title"], target["content"]),
+                            "-k", "3", "--json", *common(sim, database_url)[:6], "--dimensions", "32"],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["id"] == target["id"]
+
+
+def test_every_source_format(sim, database_url, db, tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"id": "j1", "title": "t", "content": "json one"}]))
+    (tmp_path / "b.csv").write_text("id,title,content,lang\nc1,T,csv one,en\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("# Install\n\npip install it\n\n## Use\n\nrun it\n")
+    (tmp_path / "notes.txt").write_text("plain text notes")
+    result = run("ingest", tmp_path / "a.json", tmp_path / "b.csv", tmp_path / "docs", tmp_path / "notes.txt",
+                 *common(sim, database_url), "--json")
+    assert result.exit_code == 0, result.output
+    ids = {r[0] for r in db.execute("select id from sections")}
+    assert ids == {"j1", "c1", "guide.md#install", "guide.md#use", "notes.txt"}
+    assert db.execute("select metadata->>'lang' from sections where id = 'c1'").fetchone()[0] == "en"
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 5
+
+
+def test_stdin(sim, database_url, db):
+    lines = "".join(json.dumps({"id": f"s{i}", "content": f"from stdin {i}"}) + "\n" for i in range(3))
+    result = runner.invoke(app, ["ingest", "-", *common(sim, database_url), "--json"], input=lines)
+    assert result.exit_code == 0, result.output
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("content, where", [
+    ('{"id": "a", "content": "ok"}\n{"id": "b", "content": \n', "bad.jsonl:2"),
+    ('{"id": "a", "content": "ok"}\n{"content": "no id"}\n', "bad.jsonl:2"),
+    ('{"id": "a", "content": "ok"}\n{"id": "a", "content": "again"}\n', "bad.jsonl:2"),
+    ('{"id": "a", "content": "   "}\n', "bad.jsonl:1"),
+])
+def test_bad_input_names_file_and_line_and_writes_nothing(sim, database_url, db, tmp_path, content, where):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    result = run("ingest", bad, *common(sim, database_url))
+    assert result.exit_code == 1
+    assert where in result.output
+    assert db.execute("select count(*) from sections").fetchone()[0] == 0
+    assert sim.stats()["requests"] == 0
+
+
+def test_skip_invalid_ingests_the_valid_ones_and_exits_2(sim, database_url, db, tmp_path):
+    bad = tmp_path / "mixed.jsonl"
+    bad.write_text('{"id": "a", "content": "fine"}\nnot json\n{"id": "b", "content": "also fine"}\n')
+    result = run("ingest", bad, *common(sim, database_url), "--skip-invalid")
+    assert result.exit_code == 2
+    assert "mixed.jsonl:2" in result.output
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 2
+
+
+def test_a_failed_section_exits_2_and_is_reported(sim, database_url, db, corpus_file):
+    path, sections = corpus_file
+    sim.configure(poison=[sections[3]["content"][:40]])
+    result = run("ingest", path, *common(sim, database_url), "-v")
+    assert result.exit_code == 2
+    assert sections[3]["id"] in result.output and "400" in result.output
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 119
+
+
+def test_dry_run_sends_nothing_and_counts_tokens(sim, database_url, db, corpus_file):
+    path, sections = corpus_file
+    result = run("ingest", path, *common(sim, database_url), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    tokenizer = TiktokenTokenizer()
+    assert report["would_embed"] == 120
+    assert report["tokens"] == sum(tokenizer.count(section_text(s["title"], s["content"])) for s in sections)
+    assert report["estimated_cost_usd"] == pytest.approx(report["tokens"] * 0.02 / 1e6, abs=1e-6)
+    assert sim.stats()["requests"] == 0
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 0
+
+
+def test_quota_stops_with_exit_1_and_a_rerun_finishes(sim, database_url, db, corpus_file):
+    path, _ = corpus_file
+    sim.configure(quota_tokens=3_000)
+    result = run("ingest", path, *common(sim, database_url), "--concurrency", "1")
+    assert result.exit_code == 1 and "quota" in result.output
+    sim.configure(quota_tokens=None)
+    result = run("ingest", path, *common(sim, database_url), "--json")
+    assert result.exit_code == 0
+    assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 120
+
+
+def test_no_secret_in_any_output(sim, database_url, corpus_file, monkeypatch):
+    path, _ = corpus_file
+    sim.configure(api_key="sk-the-right-key-000")
+    env = {"OPENAI_API_KEY": "sk-very-secret-key-12345"}
+    wrong_key = run("ingest", path, *common(sim, database_url), env=env)
+    assert wrong_key.exit_code == 1 and "401" in wrong_key.output
+    bad_db = run("ingest", path, "--model", MODEL, "--base-url", sim.base_url,
+                 "--database-url", "postgresql://admin:hunter2-db-password@127.0.0.1:1/nowhere", env=env)
+    assert bad_db.exit_code == 1 and "cannot open" in bad_db.output
+    for output in (wrong_key.output, bad_db.output):
+        assert "very-secret" not in output and "12345" not in output and "hunter2" not in output
+    assert sim.stats()["by_status"].get("200", 0) == 0
+
+
+def test_status_sync_and_index(sim, database_url, db, corpus_file):
+    path, sections = corpus_file
+    assert run("ingest", path, *common(sim, database_url), "--json").exit_code == 0
+    db.execute("update sections set content = content || ' (changed)' where id = %s", (sections[0]["id"],))
+    db.commit()
+    report = json.loads(run("status", "--database-url", database_url, "--json").output)
+    assert report[MODEL]["stale"] == 1 and report[MODEL]["embedded"] == 120
+    synced = run("sync", *common(sim, database_url), "--json")
+    assert synced.exit_code == 0 and json.loads(synced.output)["embedded"] == 1
+    indexed = run("index", "--model", MODEL, "--database-url", database_url)
+    assert indexed.exit_code == 0 and "section_embeddings_hnsw" in indexed.output
+    table = run("status", "--database-url", database_url)
+    assert MODEL in table.output
 
 
 def test_simulate_serves_on_loopback_with_the_given_faults():
@@ -16,7 +174,6 @@ def test_simulate_serves_on_loopback_with_the_given_faults():
         base = line.split()[-1].removesuffix("/v1")
         config = json.load(urllib.request.urlopen(base + "/admin/config", timeout=5))
         assert config["shuffle"] is True and config["rpm"] == 100
-        assert json.load(urllib.request.urlopen(base + "/stats", timeout=5))["requests"] == 0
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -25,3 +182,19 @@ def test_simulate_serves_on_loopback_with_the_given_faults():
 def test_simulate_help_lists_the_simulator_flags():
     out = subprocess.run([sys.executable, "-m", "core.cli", "simulate", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--tpm-burst" in out.stdout and "sections simulate" in out.stdout
+
+
+def test_demo_with_the_local_model_finds_the_right_topics(database_url):
+    from core.cli import DEMO_QUERIES
+    from core.embedding_service import EmbeddingService
+    from core.supabase_store import SupabaseStore
+
+    result = run("demo", "--database-url", database_url)
+    assert result.exit_code == 0, result.output
+    assert "ingest summary (all-MiniLM-L6-v2)" in result.output
+    service = EmbeddingService(model="all-MiniLM-L6-v2")
+    assert service.provider_name == "local"
+    with SupabaseStore(database_url) as store:
+        for query, topic in DEMO_QUERIES.items():
+            top = store.search(query, service, k=1)[0]
+            assert top["id"].startswith(f"pydoc/{topic}#"), (query, top["id"])
