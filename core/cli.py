@@ -7,13 +7,17 @@ keys never, database URLs with their password masked.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
 from typing import Annotated, Any, List, NoReturn, Optional
 
+import psycopg
 import typer
+from psycopg_pool import PoolTimeout
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -24,6 +28,7 @@ from core.providers.openai import scrub
 from core.usage import estimate_cost_usd
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
 DEMO_QUERIES = {
     "how do I handle an exception and clean up afterwards": "try",
@@ -37,7 +42,7 @@ DEMO_QUERIES = {
 app = typer.Typer(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Model = Annotated[str, typer.Option("--model", "-m", help="all-MiniLM-L6-v2 (local, the default), a local "
                                     "sentence-transformers folder, or an OpenAI model (needs OPENAI_API_KEY).")]
@@ -52,7 +57,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document ins
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {scrub(message)}", markup=True)
+    err.print(f"[red]error:[/red] {escape(mask_secrets(message))}", markup=True)
     raise typer.Exit(1)
 
 
@@ -102,11 +107,24 @@ def tracked_ingest(store, sections, service, total: int, quiet: bool) -> tuple[d
 
         try:
             result = store.ingest(sections, service, on_progress=on_progress)
-        except ProviderFatalError as error:
+        except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
             partial = getattr(error, "result", None) or {}
             print_summary(partial, service, total, 0, time.perf_counter() - started, quiet=quiet, json_out=False)
-            fail(f"{error} — what was embedded is stored; run the same command again to finish")
+            fail(f"{stopped_by(error)} — what was embedded is stored; run the same command again to finish")
     return result, time.perf_counter() - started
+
+
+def stopped_by(error: BaseException) -> str:
+    """What stopped a run, in words that hold no secret."""
+    if isinstance(error, ProviderFatalError):
+        return str(error)
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"database error: {mask_secrets(first_line)}"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with key-shaped tokens hidden and any URL's password masked."""
+    return _URL.sub(lambda m: mask_url(m.group(0)), scrub(text))
 
 
 def summary_of(result: dict, service, read: int, invalid: int, elapsed: float) -> dict:
@@ -321,8 +339,8 @@ def sync(
     with open_store(database_url) as store:
         try:
             result = store.sync(service)
-        except ProviderFatalError as error:
-            fail(f"{error} — what was embedded is stored; run sync again to finish")
+        except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
+            fail(f"{stopped_by(error)} — what was embedded is stored; run sync again to finish")
     done = result.get("success_count", 0) + result.get("failed_count", 0)
     summary = print_summary(result, service, done, 0, time.perf_counter() - started, quiet=json_out, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)

@@ -31,7 +31,9 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
+
+import psycopg.conninfo
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -292,5 +294,18 @@ def mask_url(url: str | None) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
             query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="/:*")
-        return f"{scheme}{rest}?{query}"
-    return f"{scheme}{rest}"
+        return _hide_parsed_password(url, f"{scheme}{rest}?{query}")
+    return _hide_parsed_password(url, f"{scheme}{rest}")
+
+
+def _hide_parsed_password(url: str, masked: str) -> str:
+    """Mask the password exactly as libpq parses it too (it reads up to the ``@``, so a password
+    holding an unescaped ``?`` escapes the URI-shaped rules above)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except Exception:  # not a conninfo libpq accepts: the rules above are all we have
+        return masked
+    if password:
+        for form in {str(password), quote(str(password), safe="")}:
+            masked = masked.replace(f":{form}@", ":***@")  # only where it stands as the password
+    return masked

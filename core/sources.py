@@ -211,13 +211,39 @@ def _checked(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:
     first_seen: dict[str, str] = {}
     for item in _read_all(inputs):
         if isinstance(item, Section):
-            if item.id in first_seen:
+            unstorable = _unstorable(item)
+            if unstorable or item.id in first_seen:
                 path, line = item.location.rsplit(":", 1)
-                message = f"duplicate id {item.id!r} (first seen at {first_seen[item.id]})"
+                message = unstorable or f"duplicate id {item.id!r} (first seen at {first_seen[item.id]})"
                 item = SourceProblem(path, int(line), message)
             else:
                 first_seen[item.id] = item.location
         yield item
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: Postgres text cannot hold them
+
+
+def _unstorable(section: Section) -> str | None:
+    """Why Postgres could not store this section as given, or None: checked here so that the run
+    is refused before anything is spent or written, with the file and line."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                yield from strings(key)
+                yield from strings(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                yield from strings(inner)
+
+    for field, value in (("id", section.id), ("title", section.title), ("content", section.content),
+                         ("metadata", section.metadata)):
+        if any(_UNSTORABLE.search(text) for text in strings(value)):
+            return (f"section {section.id!r}: {field} holds a NUL character or a lone surrogate, "
+                    "which Postgres text cannot store")
+    return None
 
 
 def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:

@@ -301,29 +301,31 @@ class _Writer(threading.Thread):
         self.join()
 
     def run(self) -> None:
+        """Write a batch when it is full, or when its oldest outcome has waited ``flush_interval``:
+        a steady trickle of replies must not sit unwritten (a crash would lose paid work)."""
         successes: list = []
         failures: list = []
+        oldest = None  # when the first unflushed outcome arrived
         while True:
+            wait = self.flush_interval if oldest is None else max(0.0, oldest + self.flush_interval - time.monotonic())
             try:
-                item = self.queue.get(timeout=self.flush_interval)
+                item = self.queue.get(timeout=wait)
             except queue.Empty:
+                item = None
+            if item is not None and item is not _STOP and self.error is None:
+                if oldest is None:
+                    oldest = time.monotonic()
+                if item[0] == "ok":
+                    successes.append(item[1:])
+                else:
+                    failures.append((item[1], item[2]))
+            due = oldest is not None and time.monotonic() - oldest >= self.flush_interval
+            if item is _STOP or due or len(successes) + len(failures) >= self.batch_size:
                 if successes or failures:
                     self._flush(successes, failures)
-                    successes, failures = [], []
-                continue
+                successes, failures, oldest = [], [], None
             if item is _STOP:
                 break
-            if self.error is not None:
-                continue  # drain, so the producer never blocks on a dead writer
-            if item[0] == "ok":
-                successes.append(item[1:])
-            else:
-                failures.append((item[1], item[2]))
-            if len(successes) + len(failures) >= self.batch_size:
-                self._flush(successes, failures)
-                successes, failures = [], []
-        if successes or failures:
-            self._flush(successes, failures)
 
     def _flush(self, successes: list, failures: list) -> None:
         if self.error is not None:

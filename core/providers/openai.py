@@ -102,7 +102,10 @@ class OpenAIProvider:
             index = item.index
             if not isinstance(index, int) or not 0 <= index < expected or vectors[index] is not None:
                 raise TransientError(f"reply has a missing, repeated or out-of-range index {index!r}")
-            vectors[index] = _decode(item.embedding)
+            vector = _decode(item.embedding)
+            if vector.ndim != 1 or vector.size == 0:
+                raise TransientError(f"reply item {index} is not a vector (shape {vector.shape})")
+            vectors[index] = vector
         sizes = {v.shape[0] for v in vectors}
         if len(sizes) != 1 or (self.dimensions is not None and sizes != {self.dimensions}):
             raise TransientError(f"reply has vectors of sizes {sorted(sizes)}, expected {self.dimensions or 'one size'}")
