@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 
 import psycopg
@@ -20,11 +22,14 @@ TEMPLATE_DB = "sections_template"
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory):
+def embedded_pg():
     from core.embedded_db import EmbeddedPostgres
     from core.schema import apply_migrations
 
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("sections-data"))
+    # Not under pytest's tmp_path: pytest prunes old base temp folders, and a second pytest run on
+    # the same machine would delete this live server's data directory from under it.
+    data_dir = tempfile.mkdtemp(prefix="sections-test-pg-")
+    pg = EmbeddedPostgres(data_dir)
     try:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             # a throwaway cluster: durability buys nothing here, and fsyncs cost seconds per run
@@ -38,6 +43,7 @@ def embedded_pg(tmp_path_factory):
         yield pg
     finally:
         pg.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

