@@ -538,7 +538,7 @@ class SupabaseStore:
         chunk_size: int = DEFAULT_CHUNK,
         write_batch: int = DEFAULT_WRITE_BATCH,
         queue_size: int | None = None,
-        flush_interval: float = 1.0,
+        flush_interval: float = 0.25,
         build_index: bool | None = None,
         on_progress: Optional[Callable[[dict], None]] = None,
     ) -> dict:

@@ -159,7 +159,9 @@ def _load(path: Path, device: str):
                 pass
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.disable_progress_bar()  # its "Loading weights" bar would litter CLI output
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as error:
             raise LocalModelError(
