@@ -94,11 +94,12 @@ def progress_bar(quiet: bool) -> Progress:
     )
 
 
-def tracked_ingest(store, sections, service, total: int, quiet: bool) -> tuple[dict, float]:
-    """Run ``store.ingest`` behind a progress bar; returns the result and the seconds it took."""
+def tracked(run, service, total: int, quiet: bool, label: str, again: str) -> tuple[dict, float]:
+    """Call ``run(on_progress)`` (an ingest or a sync) behind a progress bar; returns its result and
+    the seconds it took. A stop by the provider or the database prints what was done, then exits 1."""
     started = time.perf_counter()
     with progress_bar(quiet) as bar:
-        task = bar.add_task("ingest", total=total, rate=0.0, tokens=0)
+        task = bar.add_task(label, total=total, rate=0.0, tokens=0)
 
         def on_progress(counts: dict) -> None:
             done = counts["success"] + counts["failed"] + counts["skipped"]
@@ -106,11 +107,11 @@ def tracked_ingest(store, sections, service, total: int, quiet: bool) -> tuple[d
                        rate=done / max(1e-9, time.perf_counter() - started))
 
         try:
-            result = store.ingest(sections, service, on_progress=on_progress)
+            result = run(on_progress)
         except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
             partial = getattr(error, "result", None) or {}
             print_summary(partial, service, total, 0, time.perf_counter() - started, quiet=quiet, json_out=False)
-            fail(f"{stopped_by(error)} — what was embedded is stored; run the same command again to finish")
+            fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
     return result, time.perf_counter() - started
 
 
@@ -207,7 +208,8 @@ def ingest(
     with store:
         if dry_run:
             return dry_run_report(store, source, service, json_out)
-        result, elapsed = tracked_ingest(store, source, service, source.count, quiet=json_out)
+        result, elapsed = tracked(lambda progress: store.ingest(source, service, on_progress=progress),
+                                  service, source.count, json_out, "ingest", "the same command")
     summary = print_summary(result, service, source.count, source.problem_count, elapsed, quiet=json_out,
                             json_out=json_out)
     if verbose and not json_out:
@@ -335,14 +337,13 @@ def sync(
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency)
-    started = time.perf_counter()
     with open_store(database_url) as store:
-        try:
-            result = store.sync(service)
-        except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
-            fail(f"{stopped_by(error)} — what was embedded is stored; run sync again to finish")
+        todo = store.status(service.model).get(service.model, {})
+        total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
+        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress),
+                                  service, total, json_out, "sync", "sync")
     done = result.get("success_count", 0) + result.get("failed_count", 0)
-    summary = print_summary(result, service, done, 0, time.perf_counter() - started, quiet=json_out, json_out=json_out)
+    summary = print_summary(result, service, done, 0, elapsed, quiet=json_out, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)
 
 
@@ -369,7 +370,8 @@ def demo(
     sections = pydoc_sections()
     service = build_service(model, None, None, None)
     with open_store(database_url) as store:
-        result, elapsed = tracked_ingest(store, sections, service, len(sections), quiet=False)
+        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress),
+                                  service, len(sections), False, "demo", "the demo")
         print_summary(result, service, len(sections), 0, elapsed, quiet=False, json_out=False)
         for query in DEMO_QUERIES:
             print_hits(query, store.search(query, service, k=3))

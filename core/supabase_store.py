@@ -676,7 +676,8 @@ class SupabaseStore:
 
     # -- sync ---------------------------------------------------------------------------------------
 
-    def sync(self, embedding_service, *, claim_batch: int = 500, limit: int | None = None) -> dict:
+    def sync(self, embedding_service, *, claim_batch: int = 500, limit: int | None = None,
+             on_progress: Optional[Callable[[dict], None]] = None) -> dict:
         """Embed every stored section whose vector for the service's model is missing or stale.
 
         Several processes can run this at once: each transaction claims up to ``claim_batch`` rows
@@ -691,7 +692,7 @@ class SupabaseStore:
         _check_model(model)
         requested_dimensions = getattr(embedding_service, "dimensions", None)
         long_input = getattr(embedding_service, "long_input", None) or LONG_INPUT_DEFAULT
-        tally = _Tally()
+        tally = _Tally(on_progress)
         billed_before = _billed_tokens(embedding_service)
         after: Optional[str] = None
         claimed_total = 0
