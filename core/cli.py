@@ -53,6 +53,7 @@ BaseUrl = Annotated[Optional[str], typer.Option(
     "--base-url", help="Any OpenAI-compatible server (default: OPENAI_BASE_URL).", show_default=False)]
 Provider = Annotated[Optional[str], typer.Option("--provider", help="openai or local (default: from the model).")]
 Dimensions = Annotated[Optional[int], typer.Option("--dimensions", help="Shorter vectors (text-embedding-3 models).")]
+Concurrency = Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
 
 
@@ -79,10 +80,8 @@ def open_store(database_url: Optional[str]):
         return SupabaseStore(database_url, connect_timeout=15)
     except Exception as error:  # any reason the database cannot be reached or prepared
         where = mask_url(database_url) if database_url else "the database (DATABASE_URL or the embedded Postgres)"
-        message = str(error)
-        if database_url:
-            message = message.replace(database_url, mask_url(database_url))
-        fail(f"cannot open {where}: {message.strip().splitlines()[0] if message.strip() else type(error).__name__}")
+        message = str(error).strip()  # fail() masks any URL in it
+        fail(f"cannot open {where}: {message.splitlines()[0] if message else type(error).__name__}")
 
 
 def progress_bar(quiet: bool) -> Progress:
@@ -110,7 +109,7 @@ def tracked(run, service, total: int, quiet: bool, label: str, again: str) -> tu
             result = run(on_progress)
         except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
             partial = getattr(error, "result", None) or {}
-            print_summary(partial, service, total, 0, time.perf_counter() - started, quiet=quiet, json_out=False)
+            print_summary(partial, service, total, 0, time.perf_counter() - started, json_out=False)
             fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
     return result, time.perf_counter() - started
 
@@ -147,7 +146,7 @@ def summary_of(result: dict, service, read: int, invalid: int, elapsed: float) -
     }
 
 
-def print_summary(result: dict, service, read: int, invalid: int, elapsed: float, *, quiet: bool, json_out: bool) -> dict:
+def print_summary(result: dict, service, read: int, invalid: int, elapsed: float, *, json_out: bool) -> dict:
     summary = summary_of(result, service, read, invalid, elapsed)
     if json_out:
         out.print_json(json.dumps(summary))
@@ -188,7 +187,7 @@ def ingest(
     base_url: BaseUrl = None,
     provider: Provider = None,
     dimensions: Dimensions = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")] = None,
+    concurrency: Concurrency = None,
     rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
     tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
     long_input: Annotated[str, typer.Option(help="Inputs over the model's window: average, truncate or fail.")] = "average",
@@ -210,8 +209,7 @@ def ingest(
             return dry_run_report(store, source, service, json_out)
         result, elapsed = tracked(lambda progress: store.ingest(source, service, on_progress=progress),
                                   service, source.count, json_out, "ingest", "the same command")
-    summary = print_summary(result, service, source.count, source.problem_count, elapsed, quiet=json_out,
-                            json_out=json_out)
+    summary = print_summary(result, service, source.count, source.problem_count, elapsed, json_out=json_out)
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
             out.print(f"  {section_id}: {scrub(reason)}", markup=False)
@@ -332,7 +330,7 @@ def sync(
     base_url: BaseUrl = None,
     provider: Provider = None,
     dimensions: Dimensions = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight.")] = None,
+    concurrency: Concurrency = None,
     json_out: JsonOut = False,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
@@ -343,7 +341,7 @@ def sync(
         result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress),
                                   service, total, json_out, "sync", "sync")
     done = result.get("success_count", 0) + result.get("failed_count", 0)
-    summary = print_summary(result, service, done, 0, elapsed, quiet=json_out, json_out=json_out)
+    summary = print_summary(result, service, done, 0, elapsed, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)
 
 
@@ -372,7 +370,7 @@ def demo(
     with open_store(database_url) as store:
         result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress),
                                   service, len(sections), False, "demo", "the demo")
-        print_summary(result, service, len(sections), 0, elapsed, quiet=False, json_out=False)
+        print_summary(result, service, len(sections), 0, elapsed, json_out=False)
         for query in DEMO_QUERIES:
             print_hits(query, store.search(query, service, k=3))
 

@@ -46,19 +46,18 @@ def choose_provider(model: str, base_url: str | None = None) -> str:
 
 
 class _LRUCache:
-    """A bounded map from (model, dimensions, text) to a read-only float32 vector."""
+    """A bounded map from (model, dimensions, long-input policy, text) to a read-only float32 vector."""
 
     def __init__(self, maxsize: int):
         self.maxsize = maxsize
         self._data: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.hits = 0
 
     def get(self, key: tuple) -> np.ndarray | None:
         with self._lock:
             vector = self._data.get(key)
             if vector is None:
-                self.misses += 1
                 return None
             self._data.move_to_end(key)
             self.hits += 1

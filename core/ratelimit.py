@@ -89,7 +89,6 @@ class RateLimiter:
         self._consecutive_429 = 0
         self._requests_sent = 0
         self._tokens_sent = 0
-        self.waited_s = 0.0
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -102,7 +101,6 @@ class RateLimiter:
 
     def acquire(self, tokens: int, cancelled: threading.Event | None = None) -> Ticket | None:
         """Wait until one request of ``tokens`` may go; None if ``cancelled`` was set meanwhile."""
-        start = self._clock()
         with self._cond:
             while True:
                 if cancelled is not None and cancelled.is_set():
@@ -121,7 +119,6 @@ class RateLimiter:
                         self._requests.take(1)
                     if self._tokens:
                         self._tokens.take(tokens)
-                    self.waited_s += now - start
                     return ticket
                 self._cond.wait(min(wait, 0.5))
 

@@ -213,6 +213,13 @@ def _upsert_section_rows(conn, rows: Sequence[_Section]) -> int:
 _STOP = object()
 
 
+def _stored_hashes(conn, model_name: str, section_ids: Sequence[str]) -> dict[str, bytes]:
+    return dict(conn.execute(
+        "select section_id, content_hash from section_embeddings where model_name = %s and section_id = any(%s)",
+        (model_name, list(section_ids)),
+    ).fetchall())
+
+
 class _Tally:
     """Counts shared by the reading side and the writer thread."""
 
@@ -515,10 +522,7 @@ class SupabaseStore:
     def stored_hashes(self, model_name: str, section_ids: Sequence[str]) -> dict[str, bytes]:
         """The content hash stored with each of these sections' vectors for ``model_name``."""
         with self.connection() as conn:
-            return dict(conn.execute(
-                "select section_id, content_hash from section_embeddings where model_name = %s and section_id = any(%s)",
-                (model_name, list(section_ids)),
-            ).fetchall())
+            return _stored_hashes(conn, model_name, section_ids)
 
     def get_embedding(self, section_id: str, model_name: str) -> Optional[np.ndarray]:
         with self.connection() as conn:
@@ -598,7 +602,7 @@ class SupabaseStore:
                 with self.connection() as conn:
                     with conn.transaction():
                         _upsert_section_rows(conn, rows)
-                stored = self.stored_hashes(model, [row.id for row in rows])
+                    stored = _stored_hashes(conn, model, [row.id for row in rows])
                 for row in rows:
                     if not row.content.strip():
                         writer.put(("fail", row.id, "empty content"))
