@@ -183,7 +183,9 @@ class Dispatcher:
             if not window:
                 return
             total_chars = sum(len(text) for _, text in window if isinstance(text, str))
-            target = balance_target(total_chars, self.concurrency)
+            def target(total_chars=total_chars) -> float:
+                return balance_target(total_chars, self.concurrency, self.limiter.tokens_per_minute)
+
             for units in pack(self._units(window, limits, ready), limits, target):
                 yield _Request(units)
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.batching import MAX_TARGET_CHARS, MIN_REQUEST_CHARS, Limits, balance_target, pack
+from core.batching import MAX_TARGET_CHARS, MIN_REQUEST_CHARS, RATE_SLICE_S, Limits, balance_target, pack
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,19 @@ def test_work_is_spread_over_the_parallel_slots():
 def test_balance_target_bounds():
     assert balance_target(100, 16) == MIN_REQUEST_CHARS  # tiny jobs are not fanned out
     assert balance_target(10**9, 16) == MAX_TARGET_CHARS
+
+
+def test_a_known_token_budget_caps_requests_at_a_slice_of_a_second():
+    # 6M TPM = 100k tokens/s; 0.05 s of it is 5k tokens, about 20k characters.
+    assert balance_target(10**9, 16, tokens_per_minute=6_000_000) == pytest.approx(100_000 * RATE_SLICE_S * 4)
+    assert balance_target(10**9, 16, tokens_per_minute=60_000) == MIN_REQUEST_CHARS  # never below the floor
+    assert balance_target(10**9, 16, tokens_per_minute=10**12) == MAX_TARGET_CHARS
+
+
+def test_a_callable_target_is_asked_again_for_every_request():
+    targets = iter([400, 40, 40, 40])  # a budget learned after the first request shrinks the rest
+    requests = list(pack(units([10] * 13), Limits(), lambda: next(targets)))
+    assert [len(r) for r in requests] == [10, 1, 1, 1]
 
 
 def test_packing_streams():
