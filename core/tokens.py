@@ -16,6 +16,10 @@ LONG_INPUT_POLICIES = ("average", "truncate", "fail")
 class Tokenizer(Protocol):
     def count(self, text: str) -> int: ...
 
+    def bound(self, text: str) -> int | None:
+        """A cheap upper bound on ``count(text)``, or None when the tokenizer has none."""
+        ...
+
     def split(self, text: str, max_tokens: int) -> list[tuple[str, int]]:
         """Cut ``text`` into consecutive pieces of at most ``max_tokens`` tokens, with their counts."""
         ...
@@ -36,6 +40,10 @@ class TiktokenTokenizer:
 
     def count(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
+
+    def bound(self, text: str) -> int:
+        """Byte-level BPE: every token is at least one byte of UTF-8."""
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
     def split(self, text: str, max_tokens: int) -> list[tuple[str, int]]:
         ids = self._enc.encode_ordinary(text)

@@ -51,6 +51,9 @@ class WordTokenizer:
     def count(self, text: str) -> int:
         return len(text.split())
 
+    def bound(self, text: str) -> int:
+        return len(text)  # loose on purpose: short texts take the dispatcher's count-later path
+
     def split(self, text: str, max_tokens: int) -> list[tuple[str, int]]:
         words = text.split()
         return [(" ".join(words[i:i + max_tokens]), len(words[i:i + max_tokens]))

@@ -213,6 +213,10 @@ class LocalTokenizer:
             return len(self._fast.encode(text, add_special_tokens=False))
         return len(self._slow.encode(text, add_special_tokens=False))
 
+    def bound(self, text: str) -> None:
+        """None: counting is cheap next to the model, so there is nothing to gain from a bound."""
+        return None
+
     def count_many(self, texts: list[str]) -> list[int]:
         """Counts for many texts at once (the Rust tokenizer works on them in parallel)."""
         if self._fast is not None:
