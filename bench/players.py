@@ -181,6 +181,32 @@ def _seed_plan(base_url: str, dimensions: int | None) -> Embed:
     return embed
 
 
+def _bare_pool(base_url: str, dimensions: int | None) -> Embed:
+    """A reference, not a product: the texts cut into 16 equal requests up front and sent at once
+    by 16 threads with the official client; no counting, no limits, no retries. What the machine
+    and the simulator allow, so a reader can tell our overhead from theirs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    client = OpenAI(api_key=API_KEY, base_url=base_url, max_retries=0)
+    extra = {"dimensions": dimensions} if dimensions else {}
+
+    def one(chunk: list[str]) -> list:
+        vectors: list = [None] * len(chunk)
+        for item in client.embeddings.create(model=MODEL, input=chunk, **extra).data:
+            vectors[item.index] = item.embedding
+        return vectors
+
+    def embed(texts: list[str]) -> list[np.ndarray | None]:
+        size = -(-len(texts) // BARE_POOL_THREADS)
+        with ThreadPoolExecutor(BARE_POOL_THREADS) as pool:
+            parts = pool.map(one, [texts[i:i + size] for i in range(0, len(texts), size)])
+            return _as_arrays([vector for part in parts for vector in part])
+
+    return embed
+
+
 def _langchain(base_url: str, dimensions: int | None) -> Embed:
     from langchain_openai import OpenAIEmbeddings
 
@@ -198,6 +224,9 @@ def _llamaindex(base_url: str, dimensions: int | None) -> Embed:
 
 ONE_PER_SECTION = Player("one request per section (seed's before)", _one_per_section,
                          note="official client, sequential")
+BARE_POOL_THREADS = 16
+BARE_POOL = Player("reference: 16 threads, pre-cut requests, nothing counted", _bare_pool,
+                   note="the machine's floor, not a product")
 SEED_PLAN = Player("seed's plan as written", _seed_plan, note="2048 inputs/request, sequential")
 LEGACY = Player("ours: batch_generate (deprecated API)", _ours_legacy, note="100 inputs/request, parallel")
 LANGCHAIN = Player("LangChain OpenAIEmbeddings", _langchain, peer="langchain-openai",
