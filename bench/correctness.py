@@ -55,6 +55,5 @@ def run(quick: bool = False) -> Result:
         conditions=(f"Simulator: {SETTINGS}. {repeats} interleaved repeats; counts are summed over all of them "
                     f"({total:,} texts per player)."),
         header=["player", "wrong", "failed (reported)", "lost (silently)", "right", "seconds", "spread", "error"],
-        rows=rows, verdict=verdict, plot={"wrong + failed + lost": plot},
-        plot_ylabel="wrong + failed + lost vectors", plot_kind="bars",
+        rows=rows, verdict=verdict, plot={"wrong + failed + lost vectors": plot},
     )

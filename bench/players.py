@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -81,7 +81,6 @@ class Run:
     seconds: float
     vectors: list[np.ndarray | None]
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def run(player: Player, base_url: str, texts: list[str], dimensions: int | None = None) -> Run:

@@ -71,6 +71,3 @@ def machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}, load average {load:.1f}")
 
-
-def environment(packages: tuple[str, ...] = PACKAGES) -> str:
-    return f"Machine: {machine()}. Packages: {versions(packages)}."
