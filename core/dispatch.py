@@ -236,10 +236,10 @@ class Dispatcher:
 
         Units are counted before sending only when a token budget is known, since the limiter then
         needs exact costs. Before that (the first wave of a run), the request goes out on its upper
-        bound and is counted while its reply is awaited... after it: counting 350k tokens costs
-        ~0.08 s of CPU, which would otherwise hold back the later requests of the first wave. The
-        limiter is then charged the bound, which overstates what was sent before any limit was
-        known; replies to later requests bring it back (it follows the server both ways).
+        bound and is counted once its reply is in: counting 350k tokens costs ~0.08 s of CPU, which
+        would otherwise hold back the later requests of the first wave. The limiter is then charged
+        the bound, which overstates what was sent before any limit was known; replies to later
+        requests bring it back (it follows the server both ways).
         """
         try:
             return self._attempts(request, cancel)
