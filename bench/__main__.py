@@ -43,13 +43,15 @@ def stamp(result: Result, seconds: float) -> dict:
     return entry
 
 
+def as_result(entry: dict) -> Result:
+    return Result(**{k: v for k, v in entry.items() if k != "environment"})
+
+
 def render(entries: dict[str, dict], image: str) -> str:
     parts = [f"![time per scenario per player]({image})", ""]
     for key in SCENARIOS:
         if key in entries:
-            entry = dict(entries[key])
-            environment = entry.pop("environment")
-            parts += [Result(**entry).markdown(), "", f"<sub>{environment}</sub>", ""]
+            parts += [as_result(entries[key]).markdown(), "", f"<sub>{entries[key]['environment']}</sub>", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -84,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         entries[key] = stamp(result, time.perf_counter() - started)
         print(result.markdown() + "\n", flush=True)
         store.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    results = [Result(**{k: v for k, v in entries[key].items() if k != "environment"})
-               for key in SCENARIOS if key in entries]
+    results = [as_result(entries[key]) for key in SCENARIOS if key in entries]
     draw(results, out / "results.png")
     block = render(entries, "results.png")
     (out / "results.md").write_text("# Benchmark results (`python -m bench`)\n\n" + block, encoding="utf-8")

@@ -25,20 +25,16 @@ def run(quick: bool = False) -> Result:
     sections = stdlib_sections(count)
     texts = [section_text(s["title"], s["content"]) for s in sections]
     players = [P.ONE_PER_SECTION, P.LEGACY, *P.PEERS, P.OURS]
-    times: dict[str, list[float]] = {}
-    scores: dict[str, P.Score] = {}
-    errors: dict[str, str] = {}
+    tally = P.Tally()
     with SimulatorProcess(**SETTINGS) as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         for repeat in range(repeats):
             outcomes = [(player.name, *P.scored(player, sim.base_url, texts)) for player in players]
-            url = P.fresh_database(pg.url, pg.url_for, f"correctness_{repeat}")
+            url = P.fresh_database(pg, f"correctness_{repeat}")
             outcomes.append((P.END_TO_END, *P.ingest_end_to_end(sim.base_url, sections, url)))
             for name, result, score in outcomes:
-                times.setdefault(name, []).append(result.seconds)
-                scores[name] = scores.get(name, P.Score()) + score
-                if result.error:
-                    errors[name] = result.error
+                tally.add(name, result.seconds, score, result.error)
         served = sim.stats()
+    times, scores, errors = tally.times, tally.scores, tally.notes
     total = count * repeats
     rows, plot = [], {}
     for name, values in times.items():

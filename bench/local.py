@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psycopg
-from psycopg import sql
 
+from bench.players import fresh_database
 from bench.report import Result, median, spread
 from core.embedded_db import EmbeddedPostgres
 from core.embedding_service import EmbeddingService
@@ -45,16 +44,14 @@ def run_raw(model, texts: list[str]) -> tuple[float, np.ndarray]:
 
 
 def run_ours(path: Path, pg: EmbeddedPostgres, database: str) -> tuple[float, dict]:
-    with psycopg.connect(pg.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    with SupabaseStore(pg.url_for(database)) as store:  # schema set up outside the timing
+    with SupabaseStore(fresh_database(pg, database)) as store:
         service = EmbeddingService(model="all-MiniLM-L6-v2")
         started = time.perf_counter()
         source = open_sources([path])
         result = store.ingest(source, service, build_index=False)
         seconds = time.perf_counter() - started
-        stored = dict(store.connection().__enter__().execute(
-            "select section_id, embedding::real[] from section_embeddings").fetchall())
+        with store.connection() as conn:
+            stored = dict(conn.execute("select section_id, embedding::real[] from section_embeddings").fetchall())
     assert result["success_count"] == source.count, result
     return seconds, stored
 

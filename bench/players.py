@@ -5,7 +5,8 @@ scenario's simulator. Peers run with their documented defaults (batch sizes, ret
 that is what their users get. A player returns one slot per text: the vector, or ``None`` where
 it reported that text as failed; a player that raises has failed every text it was given.
 
-Peers are optional (``pip install -e '.[bench]'``); ``available()`` says which are installed.
+Peers come from the ``bench`` extra (``pip install -e '.[bench]'``); ``require_peers()`` stops a run
+without them.
 """
 from __future__ import annotations
 
@@ -99,13 +100,33 @@ def scored(player: Player, base_url: str, texts: list[str], dimensions: int | No
     return result, score(player, texts, result.vectors, result.error is not None, dimensions=dimensions)
 
 
+class Tally:
+    """Per player, over the repeats: times, summed scores, and the latest note worth showing."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+        self.scores: dict[str, Score] = {}
+        self.notes: dict[str, str] = {}
+
+    def add(self, name: str, seconds: float, score: Score, note: str | None = "") -> None:
+        self.times.setdefault(name, []).append(seconds)
+        self.scores[name] = self.scores.get(name, Score()) + score
+        if note:
+            self.notes[name] = note
+
+
+def _right(vector: np.ndarray, sent: str, dimensions: int | None) -> bool:
+    """Whether ``vector`` is the simulator's deterministic vector for the text that was sent."""
+    return np.allclose(vector, expected_embedding(sent, MODEL, dimensions), atol=1e-5)
+
+
 def score(player: Player, texts: list[str], vectors: list, failed_all: bool = False,
-          model: str = MODEL, dimensions: int | None = None) -> Score:
+          dimensions: int | None = None) -> Score:
     """Check each returned vector against the simulator's deterministic one for the text sent."""
     if failed_all:
         return Score(failed=len(texts))
-    wrong = sum(1 for text, vector in zip(texts, vectors) if vector is not None and not np.allclose(
-        vector, expected_embedding(player.sends(text), model, dimensions), atol=1e-5))
+    wrong = sum(1 for text, vector in zip(texts, vectors)
+                if vector is not None and not _right(vector, player.sends(text), dimensions))
     failed = sum(1 for vector in vectors[:len(texts)] if vector is None)
     return Score(wrong=wrong, failed=failed, lost=max(0, len(texts) - len(vectors)))
 
@@ -114,8 +135,13 @@ def _as_arrays(vectors) -> list[np.ndarray | None]:
     return [None if v is None else np.asarray(v, dtype=np.float32) for v in vectors]
 
 
+def _service(base_url: str, dimensions: int | None) -> EmbeddingService:
+    """Ours as every scenario runs it: no cache, so a repeat embeds again like the peers do."""
+    return EmbeddingService(api_key=API_KEY, base_url=base_url, model=MODEL, dimensions=dimensions, cache_size=0)
+
+
 def _ours(base_url: str, dimensions: int | None) -> Embed:
-    service = EmbeddingService(api_key=API_KEY, base_url=base_url, model=MODEL, dimensions=dimensions, cache_size=0)
+    service = _service(base_url, dimensions)
 
     def embed(texts: list[str]) -> list[np.ndarray | None]:
         result = service.batch_generate_embeddings(texts)
@@ -128,7 +154,7 @@ def _ours(base_url: str, dimensions: int | None) -> Embed:
 
 
 def _ours_legacy(base_url: str, dimensions: int | None) -> Embed:
-    service = EmbeddingService(api_key=API_KEY, base_url=base_url, model=MODEL, dimensions=dimensions, cache_size=0)
+    service = _service(base_url, dimensions)
 
     def embed(texts: list[str]) -> list[np.ndarray | None]:
         with warnings.catch_warnings():
@@ -138,44 +164,36 @@ def _ours_legacy(base_url: str, dimensions: int | None) -> Embed:
     return embed
 
 
-def _one_per_section(base_url: str, dimensions: int | None) -> Embed:
-    """The seed's "before": the official client, one request per section, default retries."""
+def _official(base_url: str, dimensions: int | None, **client_options) -> Callable[[list[str]], list]:
+    """One ``embeddings.create`` call of the official client; its reply items as they came."""
     from openai import OpenAI
 
-    client = OpenAI(api_key=API_KEY, base_url=base_url)
+    client = OpenAI(api_key=API_KEY, base_url=base_url, **client_options)
     extra = {"dimensions": dimensions} if dimensions else {}
-
-    def embed(texts: list[str]) -> list[np.ndarray | None]:
-        vectors: list[np.ndarray | None] = []
-        for text in texts:
-            try:
-                vectors.append(np.asarray(client.embeddings.create(model=MODEL, input=text, **extra).data[0].embedding,
-                                          dtype=np.float32))
-            except Exception:  # the seed logged and went on
-                vectors.append(None)
-        return vectors
-
-    return embed
+    return lambda chunk: client.embeddings.create(model=MODEL, input=chunk, **extra).data
 
 
-def _seed_plan(base_url: str, dimensions: int | None) -> Embed:
-    """The user's plan as written: 2,048 inputs per request, one request at a time, a failed chunk dropped."""
-    from openai import OpenAI
+def _sequential(per_request: int) -> Callable[[str, int | None], Embed]:
+    """The official client, ``per_request`` inputs a request, one request at a time, default
+    retries; a request that still fails leaves its texts unembedded and the run goes on (the
+    seed's "before" at 1, the seed's plan as written at 2048)."""
 
-    client = OpenAI(api_key=API_KEY, base_url=base_url)
-    extra = {"dimensions": dimensions} if dimensions else {}
+    def make(base_url: str, dimensions: int | None) -> Embed:
+        create = _official(base_url, dimensions)
 
-    def embed(texts: list[str]) -> list[np.ndarray | None]:
-        vectors: list[np.ndarray | None] = []
-        for start in range(0, len(texts), 2048):
-            chunk = texts[start:start + 2048]
-            try:
-                vectors += _as_arrays(d.embedding for d in client.embeddings.create(model=MODEL, input=chunk, **extra).data)
-            except Exception:
-                vectors += [None] * len(chunk)
-        return vectors
+        def embed(texts: list[str]) -> list[np.ndarray | None]:
+            vectors: list[np.ndarray | None] = []
+            for start in range(0, len(texts), per_request):
+                chunk = texts[start:start + per_request]
+                try:
+                    vectors += _as_arrays(item.embedding for item in create(chunk))
+                except Exception:  # what the seed did: log and go on
+                    vectors += [None] * len(chunk)
+            return vectors
 
-    return embed
+        return embed
+
+    return make
 
 
 def _bare_pool(base_url: str, dimensions: int | None) -> Embed:
@@ -184,14 +202,11 @@ def _bare_pool(base_url: str, dimensions: int | None) -> Embed:
     and the simulator allow, so a reader can tell our overhead from theirs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from openai import OpenAI
-
-    client = OpenAI(api_key=API_KEY, base_url=base_url, max_retries=0)
-    extra = {"dimensions": dimensions} if dimensions else {}
+    create = _official(base_url, dimensions, max_retries=0)
 
     def one(chunk: list[str]) -> list:
         vectors: list = [None] * len(chunk)
-        for item in client.embeddings.create(model=MODEL, input=chunk, **extra).data:
+        for item in create(chunk):
             vectors[item.index] = item.embedding
         return vectors
 
@@ -219,12 +234,12 @@ def _llamaindex(base_url: str, dimensions: int | None) -> Embed:
     return lambda texts: _as_arrays(client.get_text_embedding_batch(texts))
 
 
-ONE_PER_SECTION = Player("one request per section (seed's before)", _one_per_section,
+ONE_PER_SECTION = Player("one request per section (seed's before)", _sequential(1),
                          note="official client, sequential")
 BARE_POOL_THREADS = 16
 BARE_POOL = Player("reference: 16 threads, pre-cut requests, nothing counted", _bare_pool,
                    note="the machine's floor, not a product")
-SEED_PLAN = Player("seed's plan as written", _seed_plan, note="2048 inputs/request, sequential")
+SEED_PLAN = Player("seed's plan as written", _sequential(2048), note="2048 inputs/request, sequential")
 LEGACY = Player("ours: batch_generate (deprecated API)", _ours_legacy, note="100 inputs/request, parallel")
 LANGCHAIN = Player("LangChain OpenAIEmbeddings", _langchain, peer="langchain-openai",
                    note="defaults: 1000 inputs/request, sequential")
@@ -251,16 +266,16 @@ def require_peers() -> None:
 END_TO_END = "ours: end to end into Postgres (batch_ingest_embeddings)"
 
 
-def fresh_database(admin_url: str, url_for: Callable[[str], str], name: str) -> str:
-    """A new database on the embedded server, migrated outside any timing."""
+def fresh_database(pg, name: str) -> str:
+    """A new database on the embedded server ``pg`` (an ``EmbeddedPostgres``), migrated outside any timing."""
     import psycopg
     from psycopg import sql
 
     from core.supabase_store import SupabaseStore
 
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    url = url_for(name)
+    url = pg.url_for(name)
     SupabaseStore(url).close()
     return url
 
@@ -271,8 +286,7 @@ def ingest_end_to_end(base_url: str, sections: list[dict], database_url: str,
     from core.supabase_store import SupabaseStore, section_text
 
     with SupabaseStore(database_url) as store:
-        service = EmbeddingService(api_key=API_KEY, base_url=base_url, model=MODEL, dimensions=dimensions,
-                                   cache_size=0)
+        service = _service(base_url, dimensions)
         started = time.perf_counter()
         try:
             result, error = store.batch_ingest_embeddings(sections, service), None
@@ -284,8 +298,7 @@ def ingest_end_to_end(base_url: str, sections: list[dict], database_url: str,
                 "select section_id, embedding::real[] from section_embeddings where model_name = %s", (MODEL,))}
     texts = [section_text(s["title"], s["content"]) for s in sections]
     reported = set(result["failed_ids"])
-    wrong = sum(1 for s, text in zip(sections, texts) if s["id"] in stored and not np.allclose(
-        stored[s["id"]], expected_embedding(text, MODEL, dimensions), atol=1e-5))
+    wrong = sum(1 for s, text in zip(sections, texts) if s["id"] in stored and not _right(stored[s["id"]], text, dimensions))
     missing = [s["id"] for s in sections if s["id"] not in stored]
     outcome = Score(wrong=wrong, failed=sum(1 for i in missing if i in reported),
                     lost=sum(1 for i in missing if i not in reported))

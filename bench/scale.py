@@ -56,7 +56,7 @@ def run(quick: bool = False) -> Result:
     reports = []
     with SimulatorProcess() as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         for size in sizes:
-            url = fresh_database(pg.url, pg.url_for, f"scale_{size}")
+            url = fresh_database(pg, f"scale_{size}")
             out = subprocess.run([sys.executable, "-m", "bench.scale", str(size), url, sim.base_url],
                                  capture_output=True, text=True, check=True).stdout
             report = json.loads(out.strip().splitlines()[-1])

@@ -26,29 +26,21 @@ def run(quick: bool = False) -> Result:
     sections = stdlib_sections(count)
     texts = [section_text(s["title"], s["content"]) for s in sections]
     timed = [P.BARE_POOL, P.LEGACY, *P.PEERS, P.OURS]
-    times: dict[str, list[float]] = {}
-    scores: dict[str, P.Score] = {}
-    notes: dict[str, str] = {}
-
-    def record(name, seconds, score, note=""):
-        times.setdefault(name, []).append(seconds)
-        scores[name] = scores.get(name, P.Score()) + score
-        if note:
-            notes[name] = note
-
+    tally = P.Tally()
     with SimulatorProcess(**SETTINGS) as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         result, score = P.scored(P.ONE_PER_SECTION, sim.base_url, texts[:sample])
-        record(P.ONE_PER_SECTION.name, result.seconds * count / sample, score, f"{sample} timed, scaled")
+        tally.add(P.ONE_PER_SECTION.name, result.seconds * count / sample, score, f"{sample} timed, scaled")
         result, score = P.scored(P.SEED_PLAN, sim.base_url, texts)
-        record(P.SEED_PLAN.name, result.seconds, score, "one request over the 300k-token cap: 400")
+        tally.add(P.SEED_PLAN.name, result.seconds, score, "one request over the 300k-token cap: 400")
         for repeat in range(repeats):
             for player in timed:
                 result, score = P.scored(player, sim.base_url, texts)
-                record(player.name, result.seconds, score, result.error or player.note)
-            url = P.fresh_database(pg.url, pg.url_for, f"w1_{repeat}")
+                tally.add(player.name, result.seconds, score, result.error or player.note)
+            url = P.fresh_database(pg, f"w1_{repeat}")
             result, score = P.ingest_end_to_end(sim.base_url, sections, url)
-            record(P.END_TO_END, result.seconds, score, result.error or "")
+            tally.add(P.END_TO_END, result.seconds, score, result.error or "")
 
+    times, scores, notes = tally.times, tally.scores, tally.notes
     # A peer that failed is not fast: only peers that embedded everything set the bar.
     finished = [p for p in P.PEERS if scores[p.name].failed + scores[p.name].lost == 0]
     fastest_peer = min(median(times[p.name]) for p in finished) if finished else float("nan")

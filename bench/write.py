@@ -23,6 +23,7 @@ import time
 import numpy as np
 import psycopg
 
+from bench.players import fresh_database
 from bench.report import Result, median, spread
 from core import vector_writer
 from core.embedded_db import EmbeddedPostgres
@@ -132,10 +133,12 @@ def bench_langchain(url: str, rows, batch: int) -> float:
     five bind parameters a row pass Postgres's 65,535 limit above 13,107 rows)."""
     from langchain_core.embeddings import FakeEmbeddings
     from langchain_postgres import PGVector
+    from sqlalchemy import create_engine
 
     dims = len(rows[0][1])
-    store = PGVector(embeddings=FakeEmbeddings(size=dims), connection="postgresql+psycopg://" + url.split("://", 1)[1],
-                     collection_name="bench", embedding_length=dims, use_jsonb=True, pre_delete_collection=True)
+    engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1])
+    store = PGVector(embeddings=FakeEmbeddings(size=dims), connection=engine, collection_name="bench",
+                     embedding_length=dims, use_jsonb=True, pre_delete_collection=True)
     try:
         started = time.perf_counter()
         for chunk in _batches(rows, batch):
@@ -143,7 +146,7 @@ def bench_langchain(url: str, rows, batch: int) -> float:
                                  ids=[r[0] for r in chunk])
         return time.perf_counter() - started
     finally:
-        store._engine.dispose()
+        engine.dispose()
 
 
 def run(quick: bool = False) -> Result:
@@ -152,9 +155,7 @@ def run(quick: bool = False) -> Result:
     mb = sum(len(r[0]) + 4 * dims + 28 for r in rows) / 1e6
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-write-") as data, EmbeddedPostgres(data) as pg:
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute("create database bench_write")
-        url = pg.url_for("bench_write")
+        url = fresh_database(pg, "bench_write")
         with SupabaseStore(url) as store:
             store.upsert_sections({"id": r[0], "title": "t", "content": "c"} for r in rows)
             with psycopg.connect(url, autocommit=True) as conn:
