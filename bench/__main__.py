@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     draw(results, out / "results.png")
     block = render(entries, "results.png")
     (out / "results.md").write_text("# Benchmark results (`python -m bench`)\n\n" + block, encoding="utf-8")
-    if not args.quick and out == ROOT / "bench":
+    if not args.quick and out.resolve() == ROOT / "bench":
         update_readme(ROOT / "README.md", render(entries, "bench/results.png"))
     print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
 
