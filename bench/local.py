@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.players import fresh_database
 from bench.report import Result, median, spread
-from core.embedded_db import EmbeddedPostgres
+from core.postgres.embedded import EmbeddedPostgres
 from core.embedding_service import EmbeddingService
 from core.sample_corpus import stdlib_sections
 from core.sources import open_sources

@@ -360,7 +360,7 @@ def postgres_stop_trial(sim: SimulatorProcess, data_dir: Path, jsonl: Path, sect
     """Run the CLI against a private embedded Postgres in ``data_dir`` and stop that Postgres after
     the run's ``after_requests``-th request; restart it ``restart_after`` seconds later (None: only
     once the run has ended). Then a rerun must finish with every section exactly once."""
-    from core.embedded_db import EmbeddedPostgres
+    from core.postgres.embedded import EmbeddedPostgres
 
     corpus = {s["id"]: s for s in sections}
     pg = EmbeddedPostgres(data_dir)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_section = 100 if args.long else 200
     rng = random.Random(args.seed)
 
-    from core.embedded_db import EmbeddedPostgres
+    from core.postgres.embedded import EmbeddedPostgres
     from core.sample_corpus import stdlib_sections
 
     started = time.monotonic()

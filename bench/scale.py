@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.players import API_KEY, fresh_database
 from bench.report import Result
-from core.embedded_db import EmbeddedPostgres
+from core.postgres.embedded import EmbeddedPostgres
 from core.embedding_service import EmbeddingService
 from core.simulator import SimulatorProcess
 from core.supabase_store import SupabaseStore

@@ -12,7 +12,7 @@ import tempfile
 
 from bench import players as P
 from bench.report import Result, median, spread
-from core.embedded_db import EmbeddedPostgres
+from core.postgres.embedded import EmbeddedPostgres
 from core.sample_corpus import stdlib_sections
 from core.simulator import SimulatorProcess
 from core.supabase_store import section_text

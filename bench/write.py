@@ -25,8 +25,8 @@ import psycopg
 
 from bench.players import fresh_database
 from bench.report import Result, median, spread
-from core import vector_writer
-from core.embedded_db import EmbeddedPostgres
+from core.postgres import vectors as vector_writer
+from core.postgres.embedded import EmbeddedPostgres
 from core.supabase_store import SupabaseStore, content_hash
 
 

@@ -7,10 +7,10 @@ keys never, database URLs with their password masked.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections import Counter
+from itertools import islice
 from typing import Annotated, Any, List, NoReturn, Optional
 
 import psycopg
@@ -22,13 +22,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
-from core.embedded_db import mask_url
 from core.errors import ProviderFatalError
-from core.providers.openai import scrub
+from core.redact import mask_secrets, mask_url, scrub
 from core.usage import estimate_cost_usd
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
 DEMO_QUERIES = {
     "how do I handle an exception and clean up afterwards": "try",
@@ -122,11 +120,6 @@ def stopped_by(error: BaseException) -> str:
     return f"database error: {mask_secrets(first_line)}"
 
 
-def mask_secrets(text: str) -> str:
-    """``text`` with key-shaped tokens hidden and any URL's password masked."""
-    return _URL.sub(lambda m: mask_url(m.group(0)), scrub(text))
-
-
 def summary_of(result: dict, service, read: int, invalid: int, elapsed: float) -> dict:
     reasons = Counter(result.get("errors", {}).values()).most_common(5)
     tokens = int(result.get("total_tokens", 0))
@@ -217,31 +210,17 @@ def ingest(
 
 
 def dry_run_report(store, source, service, json_out: bool) -> None:
-    """What an ingest would embed and cost, from the stored hashes and exact token counts."""
-    from core.supabase_store import content_hash, section_text
+    """What an ingest would embed and cost, from the stored fingerprints and exact token counts."""
+    from core.fingerprint import split_current
 
     read = unchanged = to_embed = tokens = 0
-    batch: list = []
-
-    def settle(batch: list) -> None:
-        nonlocal unchanged, to_embed, tokens
-        stored = store.stored_hashes(service.model, [s.id for s in batch])
-        for s in batch:
-            digest = content_hash(s.title, s.content, service.model, service.dimensions, service.long_input)
-            if stored.get(s.id) == digest:
-                unchanged += 1
-            else:
-                to_embed += 1
-                tokens += service.tokenizer.count(section_text(s.title, s.content))
-
-    for section in source:
-        read += 1
-        batch.append(section)
-        if len(batch) == 1000:
-            settle(batch)
-            batch = []
-    if batch:
-        settle(batch)
+    sections = iter(source)
+    while batch := list(islice(sections, 1000)):
+        read += len(batch)
+        split = split_current(batch, service.settings, store.stored_hashes(service.model, [s.id for s in batch]))
+        unchanged += split.unchanged
+        to_embed += len(split.due)
+        tokens += sum(service.tokenizer.count(due.text) for due in split.due)
     report = {"model": service.model, "read": read, "invalid": source.problem_count, "unchanged": unchanged,
               "would_embed": to_embed, "tokens": tokens,
               "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}

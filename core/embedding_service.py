@@ -10,76 +10,25 @@ The client is built as ``OpenAI(...)``, a name imported at module level, so
 from __future__ import annotations
 
 import os
-import threading
 import warnings
-from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Hashable, Iterable, Iterator, List
+from typing import Any, Dict, List
 
-import numpy as np
-from openai import DefaultHttpxClient, OpenAI
+from openai import OpenAI
 
 from core.batching import Limits
-from core.dispatch import Dispatcher, EmbeddingOutcome, RetryPolicy
+from core.cache import VectorCache
+from core.dispatch import Dispatcher, RetryPolicy
 from core.errors import ProviderFatalError
-from core.providers.openai import HeaderTap, OpenAIProvider
+from core.providers import build_provider, choose_provider, parse_kind
+from core.providers.base import ProviderKind, ProviderOptions
 from core.ratelimit import RateLimiter
-from core.tokens import LONG_INPUT_POLICIES, TiktokenTokenizer
+from core.records import BatchEmbeddings, EmbeddingOutcome, EmbeddingSettings
+from core.tokens import LongInputPolicy
 from core.usage import Usage
 
 __all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError", "choose_provider"]
-
-DEFAULT_CONCURRENCY = 16  # requests in flight to an HTTP provider
-
-
-def choose_provider(model: str, base_url: str | None = None) -> str:
-    """``local`` for a sentence-transformers model name or folder, else ``openai`` (any compatible server).
-
-    A ``base_url`` always means an OpenAI-compatible server, whatever the model is called there.
-    """
-    if base_url is None:
-        from core.providers.local import is_local_model
-
-        if is_local_model(model):
-            return "local"
-    return "openai"
-
-
-class _LRUCache:
-    """A bounded map from (model, dimensions, long-input policy, text) to a read-only float32 vector."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self._data: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-
-    def get(self, key: tuple) -> np.ndarray | None:
-        with self._lock:
-            vector = self._data.get(key)
-            if vector is None:
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return vector
-
-    def put(self, key: tuple, vector: np.ndarray) -> None:
-        if self.maxsize <= 0:
-            return
-        vector = np.array(vector, dtype=np.float32)
-        vector.setflags(write=False)
-        with self._lock:
-            self._data[key] = vector
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 def _validate_texts(texts: Any) -> None:
@@ -121,54 +70,29 @@ class EmbeddingService:
         cache_size: int = 10_000,
         encoding_format: str = "base64",
     ):
-        if long_input not in LONG_INPUT_POLICIES:
-            raise ValueError(f"long_input must be one of {LONG_INPUT_POLICIES}, not {long_input!r}")
+        policy = LongInputPolicy.parse(long_input)
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be positive")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        provider = provider or choose_provider(model, base_url)
-        self.long_input = long_input
+        kind = parse_kind(provider) if provider else choose_provider(model, base_url)
+        built = build_provider(kind, ProviderOptions(
+            model=model, client_factory=OpenAI, api_key=api_key, base_url=base_url, dimensions=dimensions,
+            timeout=timeout, encoding_format=encoding_format))
+        self.long_input = policy
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
-        self.client = None
-        if provider == "local":
-            from core.providers.local import LocalProvider
-
-            if dimensions is not None:
-                raise ValueError("dimensions cannot be chosen for a local model")
-            self.provider = LocalProvider(model)
-            self.model = self.provider.model_name
-            self.tokenizer = self.provider.tokenizer
-            self.limits = limits or self.provider.limits
-            concurrency = concurrency or self.provider.concurrency
-        elif provider == "openai":
-            api_key = api_key or os.environ.get("OPENAI_API_KEY")
-            if not api_key:
-                if base_url is None:
-                    raise ValueError("no OpenAI API key: pass api_key or set OPENAI_API_KEY "
-                                     "(or give base_url for a server that needs none)")
-                api_key = "no-key-required"
-            self.model = model
-            self.tokenizer = TiktokenTokenizer()
-            self.limits = limits or Limits()
-            self._tap = HeaderTap()
-            self.client = OpenAI(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=0,  # our dispatcher owns retries, coordinated with the limiter
-                timeout=timeout,
-                http_client=DefaultHttpxClient(event_hooks={"response": [self._tap]}),
-            )
-            self.provider = OpenAIProvider(self.client, model, dimensions, self._tap, encoding_format)
-            concurrency = concurrency or DEFAULT_CONCURRENCY
-        else:
-            raise ValueError(f"unknown provider {provider!r}; choose 'openai' or 'local'")
-        self.provider_name = provider
+        self.client = built.client
+        self.provider = built.provider
+        self.model = built.model
+        self.tokenizer = built.tokenizer
+        self.limits = limits or built.limits
+        concurrency = concurrency or built.concurrency
+        self.provider_name: ProviderKind = kind
         self.dimensions = dimensions
         self.concurrency = concurrency
         self.usage = Usage(self.model)
-        self._cache = _LRUCache(cache_size)
+        self._cache = VectorCache(cache_size)
         # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
 
@@ -187,6 +111,11 @@ class EmbeddingService:
     # -- accounting ---------------------------------------------------------------------------------
 
     @property
+    def settings(self) -> EmbeddingSettings:
+        """What decides this service's vectors besides the text (stored and fingerprinted with them)."""
+        return EmbeddingSettings(self.model, self.dimensions, self.long_input)
+
+    @property
     def total_tokens(self) -> int:
         """Tokens billed by the provider since this service was created."""
         return self.usage.tokens
@@ -201,8 +130,8 @@ class EmbeddingService:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def _cache_key(self, text: str) -> tuple:
-        return (self.model, self.dimensions, self.long_input, text)
+    def _cache_key(self, text: str) -> tuple[str, int | None, str, str]:
+        return (self.model, self.dimensions, self.long_input.value, text)
 
     # -- the streaming primitive --------------------------------------------------------------------
 
@@ -237,7 +166,7 @@ class EmbeddingService:
 
     # -- the seed's API -----------------------------------------------------------------------------
 
-    def batch_generate_embeddings(self, texts: List[str], max_batch_size: int = MAX_BATCH_SIZE) -> Dict[str, Any]:
+    def batch_generate_embeddings(self, texts: List[str], max_batch_size: int = MAX_BATCH_SIZE) -> BatchEmbeddings:
         """Embed many texts in large parallel requests; partial results on failure.
 
         Returns ``embeddings`` (the successful vectors, in input order), ``indices`` (the input
@@ -278,13 +207,13 @@ class EmbeddingService:
         if not indices:
             reason = fatal or next(iter(errors.values()))
             raise RuntimeError(f"Failed to generate any embeddings: {reason}") from fatal
-        return {
-            "embeddings": [vectors[i] for i in indices],
-            "failed_indices": sorted(errors),
-            "total_tokens": self.usage.tokens - tokens_before,
-            "indices": indices,
-            "errors": dict(sorted(errors.items())),
-        }
+        return BatchEmbeddings(
+            embeddings=[vector for vector in vectors if vector is not None],
+            failed_indices=sorted(errors),
+            total_tokens=self.usage.tokens - tokens_before,
+            indices=indices,
+            errors=dict(sorted(errors.items())),
+        )
 
     def batch_generate(self, texts: List[str], max_batch_size: int = LEGACY_BATCH_SIZE) -> List[List[float]]:
         """Generate embeddings in batch; one vector per text, in order.

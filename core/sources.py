@@ -23,9 +23,11 @@ import sys
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+from core.records import Section, section_problem
 
 __all__ = ["Section", "SectionSource", "SourceError", "SourceProblem", "open_sources"]
 
@@ -49,21 +51,6 @@ _STDIN_NAME = "<stdin>"
 _RECORD_FIELDS = ("id", "title", "content", "metadata")
 _CSV_COLUMNS = ("id", "title", "content")
 _ABSENT = object()
-
-
-@dataclass(frozen=True, slots=True)
-class Section:
-    """One unit to embed.
-
-    `location` ("file:line") exists only for messages, so it takes no part in equality, and
-    `metadata` takes no part in the hash, so sections can still be put in sets.
-    """
-
-    id: str
-    title: str
-    content: str
-    metadata: dict = field(default_factory=dict, hash=False)
-    location: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -221,29 +208,11 @@ def _checked(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:
         yield item
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: Postgres text cannot hold them
-
-
 def _unstorable(section: Section) -> str | None:
-    """Why Postgres could not store this section as given, or None: checked here so that the run
+    """Why the store could not hold this section as given, or None: checked here so that the run
     is refused before anything is spent or written, with the file and line."""
-    def strings(value):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for key, inner in value.items():
-                yield from strings(key)
-                yield from strings(inner)
-        elif isinstance(value, list):
-            for inner in value:
-                yield from strings(inner)
-
-    for field, value in (("id", section.id), ("title", section.title), ("content", section.content),
-                         ("metadata", section.metadata)):
-        if any(_UNSTORABLE.search(text) for text in strings(value)):
-            return (f"section {section.id!r}: {field} holds a NUL character or a lone surrogate, "
-                    "which Postgres text cannot store")
-    return None
+    problem = section_problem(section)
+    return None if problem is None else f"section {section.id!r}: {problem}"
 
 
 def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:

@@ -7,10 +7,27 @@ estimate that is 5% low turns a full request into a 400. OpenAI's embedding mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
-LONG_INPUT_POLICIES = ("average", "truncate", "fail")
+
+class LongInputPolicy(str, Enum):
+    """What to do with an input over the model's window (a str, so it is stored and hashed as its name)."""
+
+    AVERAGE = "average"  # embed every piece, take the token-weighted mean, renormalised
+    TRUNCATE = "truncate"  # embed the first piece only
+    FAIL = "fail"  # the input fails, with its token count
+
+    @classmethod
+    def parse(cls, value: "str | LongInputPolicy") -> "LongInputPolicy":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown long-input policy {value!r}; choose one of {LONG_INPUT_POLICIES}") from None
+
+
+LONG_INPUT_POLICIES = tuple(policy.value for policy in LongInputPolicy)
 
 
 class Tokenizer(Protocol):
@@ -26,7 +43,7 @@ class Tokenizer(Protocol):
 
 
 @lru_cache(maxsize=None)
-def _encoding(name: str):
+def _encoding(name: str) -> Any:
     import tiktoken
 
     return tiktoken.get_encoding(name)
@@ -74,7 +91,7 @@ class Piece:
 
 
 def plan_long_input(
-    text: str, tokens: int, tokenizer: Tokenizer, max_input_tokens: int, policy: str
+    text: str, tokens: int, tokenizer: Tokenizer, max_input_tokens: int, policy: LongInputPolicy
 ) -> list[Piece]:
     """The pieces to embed for one input under the policy; raises ValueError under ``fail``.
 
@@ -83,11 +100,10 @@ def plan_long_input(
     """
     if tokens <= max_input_tokens:
         return [Piece(text, tokens)]
-    if policy == "fail":
+    policy = LongInputPolicy.parse(policy)
+    if policy is LongInputPolicy.FAIL:
         raise ValueError(f"input has {tokens} tokens, over the {max_input_tokens}-token limit")
     pieces = [Piece(t, n) for t, n in tokenizer.split(text, max_input_tokens)]
-    if policy == "truncate":
+    if policy is LongInputPolicy.TRUNCATE:
         return pieces[:1]
-    if policy == "average":
-        return pieces
-    raise ValueError(f"unknown long-input policy {policy!r}; choose one of {LONG_INPUT_POLICIES}")
+    return pieces

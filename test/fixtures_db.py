@@ -1,4 +1,4 @@
-"""Fixtures that start the embedded Postgres (core.embedded_db) for tests.
+"""Fixtures that start the embedded Postgres (core.postgres.embedded) for tests.
 
 - ``embedded_pg`` (session): one embedded Postgres 16 + pgvector in a pytest temporary directory,
   with a template database that already has every migration applied.
@@ -23,8 +23,8 @@ TEMPLATE_DB = "sections_template"
 
 @pytest.fixture(scope="session")
 def embedded_pg():
-    from core.embedded_db import EmbeddedPostgres
-    from core.schema import apply_migrations
+    from core.postgres.embedded import EmbeddedPostgres
+    from core.postgres.schema import apply_migrations
 
     # Not under pytest's tmp_path: pytest prunes old base temp folders, and a second pytest run on
     # the same machine would delete this live server's data directory from under it.

@@ -1,4 +1,4 @@
-"""core.embedded_db: where the data lives, starting/sharing/stopping the embedded server, masking URLs."""
+"""core.postgres.embedded: where the data lives, starting/sharing/stopping the embedded server."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,10 @@ import psutil
 import psycopg
 import pytest
 
-from core import embedded_db
-from core.embedded_db import (
+from core.postgres import embedded as embedded_db
+from core.postgres.embedded import (
     EmbeddedPostgres,
     data_dir,
-    mask_url,
     open_database,
     postgres_dir,
     resolve_database_url,
@@ -22,35 +21,6 @@ from core.embedded_db import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# -- mask_url ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("url, expected", [
-    ("postgresql://user:secret@db.example.com:5432/app?sslmode=require",
-     "postgresql://user:***@db.example.com:5432/app?sslmode=require"),
-    ("postgresql://postgres.abcdefgh:S3cr%40t%2Fpw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres",
-     "postgresql://postgres.abcdefgh:***@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"),
-    ("postgres://u:p@ss/w0rd@host/db", "postgres://u:***@host/db"),  # unescaped @ and / in the password
-    ("postgresql://u:secret@h1:5432,h2:5433/db", "postgresql://u:***@h1:5432,h2:5433/db"),
-    ("postgresql://host/db?user=u&password=secret&sslmode=require",
-     "postgresql://host/db?user=u&password=***&sslmode=require"),
-    ("host=db port=5432 password=secret user=u", "host=db port=5432 password=*** user=u"),
-    ("host=db password = 'sec ret\\' x' user=u", "host=db password = *** user=u"),
-    ("postgresql://user@host/db", "postgresql://user@host/db"),
-    ("postgresql://postgres:@/postgres?host=/tmp/x", "postgresql://postgres:@/postgres?host=/tmp/x"),
-    ("postgresql:///db?host=/var/run/postgresql", "postgresql:///db?host=/var/run/postgresql"),
-])
-def test_mask_url(url, expected):
-    assert mask_url(url) == expected
-
-
-def test_mask_url_never_leaks_the_secret():
-    for url in ["postgresql://a:topsecret@h/d", "postgresql://h/d?password=topsecret",
-                "password=topsecret", "postgresql://a:topsecret@h/d?sslpassword=topsecret"]:
-        assert "topsecret" not in mask_url(url)
-    assert mask_url(None) == ""
 
 
 # -- where the data lives ----------------------------------------------------------------------------
@@ -89,7 +59,7 @@ def _postmaster_pid(pgdata: Path):
 def _other_process(data: Path, code: str) -> str:
     script = (
         "import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, %r)\n"
-        "from core.embedded_db import EmbeddedPostgres\n"
+        "from core.postgres.embedded import EmbeddedPostgres\n"
         "pg = EmbeddedPostgres(%r)\n" % (str(ROOT), str(data))
     ) + code
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,

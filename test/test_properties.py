@@ -27,9 +27,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from core.batching import Limits
 from core.dispatch import Dispatcher, RetryPolicy
-from core.embedded_db import mask_url
+from core.redact import mask_url, scrub
 from core.errors import ProviderFatalError, RequestRejected, TransientError
-from core.providers.openai import OpenAIProvider, Reply, scrub
+from core.providers.base import Reply
+from core.providers.openai import OpenAIProvider
 from core.ratelimit import RateLimiter
 from core.usage import Usage
 

@@ -96,7 +96,7 @@ def test_csv_with_metadata_columns_and_multiline_field(tmp_path):
 
 def test_csv_with_byte_order_mark_and_crlf(tmp_path):
     path = write(tmp_path / "a.csv", b"\xef\xbb\xbfid,title,content\r\na,T,x\r\n")
-    assert list(open_sources([path])) == [Section("a", "T", "x")]
+    assert list(open_sources([path])) == [Section("a", "T", "x", {})]
 
 
 MARKDOWN = """\
@@ -143,7 +143,7 @@ def test_markdown_folder(tmp_path):
         "guide.md#café-crème",  # a folder's files come before its subfolders
         "nested/other.rst", "nested/plain.txt", "nested/deeper/note.markdown#note",
     ]
-    assert sections["guide.md"] == Section("guide.md", "guide", "Intro text before any heading.")
+    assert sections["guide.md"] == Section("guide.md", "guide", "Intro text before any heading.", {})
     guide = sections["guide.md#guide"]
     assert guide.title == "Guide" and guide.location == f"{docs / 'guide.md'}:3"
     assert guide.content == "Welcome.\n\n```python\n# not a heading\nx = 1\n```"
@@ -151,7 +151,7 @@ def test_markdown_folder(tmp_path):
     assert sections["guide.md#setup-3"].title == "Setup"
     assert sections["guide.md#setup-3"].content == "Third.\n~~~\n## still code\n~~~~"
     assert sections["guide.md#café-crème"].title == "Café & Crème!"
-    assert sections["nested/plain.txt"] == Section("nested/plain.txt", "plain", "plain text")
+    assert sections["nested/plain.txt"] == Section("nested/plain.txt", "plain", "plain text", {})
     assert sections["nested/other.rst"].content == "Title\n=====\n\nrst body"
 
 

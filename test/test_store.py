@@ -17,8 +17,11 @@ import pytest
 
 from core.embedding_service import EmbeddingOutcome
 from core.errors import ProviderFatalError
-from core.schema import apply_migrations, migrations
+from core.postgres.schema import apply_migrations, migrations
+from core.postgres.search import knn_statement
+from core.records import EmbeddingSettings
 from core.supabase_store import SupabaseStore, content_hash, index_name, section_text
+from core.tokens import LongInputPolicy
 
 HOSTILE_IDS = [
     "plain",
@@ -53,12 +56,17 @@ class FakeStreamingEmbedder:
     def __init__(self, model="fake-model", dimensions=16, long_input="average", *, window=64,
                  fatal_after=None, seed=0):
         self.model, self.dimensions, self.long_input = model, dimensions, long_input
+        self.settings = EmbeddingSettings(model, dimensions, LongInputPolicy(long_input))
         self.window, self.fatal_after = window, fatal_after
         self.rng = random.Random(seed)
         self.embedded: list[str] = []
         self.max_held = 0
         self.usage = types.SimpleNamespace(tokens=0, requests=0)
         self._lock = threading.Lock()
+
+    @property
+    def total_tokens(self) -> int:
+        return self.usage.tokens
 
     def vector(self, text: str) -> np.ndarray:
         seed = int.from_bytes(hashlib.sha256(f"{self.model}/{self.dimensions}/{text}".encode()).digest()[:8], "big")
@@ -385,7 +393,7 @@ def test_search_orders_by_cosine_similarity_and_uses_the_hnsw_index(store, db):
 
     with store.connection() as conn:
         plan = "\n".join(r[0] for r in conn.execute(
-            psycopg.sql.SQL("explain ") + store._knn_statement(conn, "m", 32), {"q": query, "k": 5}).fetchall())
+            psycopg.sql.SQL("explain ") + knn_statement(conn, "m", 32), {"q": query, "k": 5}).fetchall())
     assert f"Index Scan using {index_name('m', 32)}" in plan, plan
 
     many = store.search_by_vector(query, "m", k=100)  # more than hnsw.ef_search's default of 40
@@ -495,7 +503,7 @@ def test_ingest_failures_are_recorded_with_reasons_and_do_not_stop_the_run(store
 
 
 def test_ingest_streams_with_bounded_memory(store, db, monkeypatch):
-    from core import vector_writer
+    from core.postgres import vectors as vector_writer
 
     pulled = 0
 
@@ -508,9 +516,9 @@ def test_ingest_streams_with_bounded_memory(store, db, monkeypatch):
     writes = []  # (sections read so far, vectors written before this batch)
     original = vector_writer.write_batch
 
-    def spy(conn, model, successes, failures=(), **kw):
+    def spy(conn, settings, successes, failures=()):
         writes.append((pulled, sum(w[2] for w in writes)))
-        result = original(conn, model, successes, failures, **kw)
+        result = original(conn, settings, successes, failures)
         writes[-1] = writes[-1] + (result.written,)
         return result
 

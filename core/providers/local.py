@@ -30,7 +30,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import sys
 import threading
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 
 from core.batching import Limits
 from core.errors import ProviderFatalError, RequestRejected, TransientError
-from core.providers.openai import Reply
+from core.providers.base import BuiltProvider, HeadersCallback, ProviderKind, ProviderOptions, Reply
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
@@ -287,6 +286,15 @@ class LocalTokenizer:
         return pieces
 
 
+def build(options: ProviderOptions) -> BuiltProvider:
+    """The model named (or the folder given) by ``options.model``, loaded once per process."""
+    if options.dimensions is not None:
+        raise ValueError("dimensions cannot be chosen for a local model")
+    provider = LocalProvider(options.model)
+    return BuiltProvider(ProviderKind.LOCAL, provider, provider.model_name, provider.tokenizer, provider.limits,
+                         provider.concurrency)
+
+
 # -- the provider ----------------------------------------------------------------------------------
 
 
@@ -363,7 +371,7 @@ class LocalProvider:
             raise LocalModelError(f"the folder {path} holds no sentence-transformers model (no modules.json)")
         return path.resolve()
 
-    def embed(self, texts: list[str], on_headers: Callable[[Mapping[str, str]], None] | None = None) -> Reply:
+    def embed(self, texts: list[str], on_headers: HeadersCallback | None = None) -> Reply:
         """Unit-length float32 vectors, ``vectors[i]`` for ``texts[i]``; ``on_headers`` is unused."""
         if not texts:
             return Reply([], 0)

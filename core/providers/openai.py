@@ -7,30 +7,25 @@ the SDK's exceptions into the failure kinds of ``core.errors`` with messages tha
 from __future__ import annotations
 
 import base64
+import os
 import itertools
-import re
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import openai
+from openai import DefaultHttpxClient
 
 from core.errors import ProviderFatalError, RateLimited, RequestRejected, TransientError
+from core.batching import Limits
+from core.providers.base import BuiltProvider, HeadersCallback, ProviderKind, ProviderOptions, Reply
+from core.tokens import TiktokenTokenizer
+from core.redact import scrub
 
 REQUEST_ID_HEADER = "x-sections-request"
-_SECRET = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-*.]{3,}")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    vectors: list[np.ndarray]  # vectors[i] belongs to input i of the request
-    billed_tokens: int | None  # the provider's own count, when it gives one
-
-
-def scrub(text: str) -> str:
-    """Mask anything shaped like an API key or bearer token."""
-    return _SECRET.sub(lambda m: m.group(1) + "***", text)
+DEFAULT_CONCURRENCY = 16  # requests in flight to an HTTP provider
+API_KEY_ENV = "OPENAI_API_KEY"
+NO_KEY = "no-key-required"  # what a keyless compatible server is sent: the SDK insists on a key
 
 
 class HeaderTap:
@@ -63,6 +58,31 @@ class HeaderTap:
             callback(response.headers)
 
 
+def build(options: ProviderOptions) -> BuiltProvider:
+    """The OpenAI API, or any compatible server at ``base_url`` (which may need no key).
+
+    The SDK's own retries are off: the dispatcher owns retries, coordinated with the limiter. The
+    header tap hands every response's rate-limit headers to the limiter, errors included.
+    """
+    api_key = options.api_key or os.environ.get(API_KEY_ENV)
+    if not api_key:
+        if options.base_url is None:
+            raise ValueError(f"no OpenAI API key: pass api_key or set {API_KEY_ENV} "
+                             "(or give base_url for a server that needs none)")
+        api_key = NO_KEY
+    tap = HeaderTap()
+    client = options.client_factory(
+        api_key=api_key,
+        base_url=options.base_url,
+        max_retries=0,
+        timeout=options.timeout,
+        http_client=DefaultHttpxClient(event_hooks={"response": [tap]}),
+    )
+    provider = OpenAIProvider(client, options.model, options.dimensions, tap, options.encoding_format)
+    return BuiltProvider(ProviderKind.OPENAI, provider, options.model, TiktokenTokenizer(), Limits(),
+                         DEFAULT_CONCURRENCY, client)
+
+
 class OpenAIProvider:
     """One ``/embeddings`` call per ``embed``; thread-safe (the SDK client is)."""
 
@@ -74,7 +94,7 @@ class OpenAIProvider:
         self._tap = tap
         self._encoding_format = encoding_format
 
-    def embed(self, texts: list[str], on_headers: Callable[[Mapping[str, str]], None] | None = None) -> Reply:
+    def embed(self, texts: list[str], on_headers: HeadersCallback | None = None) -> Reply:
         options: dict[str, Any] = {"encoding_format": self._encoding_format}
         if self.dimensions is not None:
             options["dimensions"] = self.dimensions

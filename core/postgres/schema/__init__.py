@@ -42,7 +42,7 @@ def migrations() -> list[Migration]:
     found.sort(key=lambda m: int(m.version))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
-        raise RuntimeError(f"duplicate migration versions in core/schema: {versions}")
+        raise RuntimeError(f"duplicate migration versions in core/postgres/schema: {versions}")
     return found
 
 

@@ -5,7 +5,6 @@
 - ``open_database(url, data_dir)``: the same, as a handle whose ``close()`` releases the embedded
   server; ``SupabaseStore`` uses this so ``store.close()`` stops what it started.
 - ``EmbeddedPostgres(data_dir)``: a handle on the embedded server itself (context manager).
-- ``mask_url(url)``: the URL with its password replaced by ``***``, for logs and error messages.
 
 The data directory is ``platformdirs.user_data_dir("sections")``, overridden by ``SECTIONS_DATA_DIR``
 and by the ``data_dir`` argument (in that order of precedence: argument, environment, default); the
@@ -26,14 +25,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import warnings
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl, quote, urlencode
 
-import psycopg.conninfo
+from core.redact import mask_url
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -45,7 +42,6 @@ __all__ = [
     "resolve_database_url",
     "open_database",
     "stop_embedded",
-    "mask_url",
 ]
 
 DATABASE_URL_ENV = "DATABASE_URL"
@@ -257,55 +253,3 @@ def stop_embedded(data_dir: str | os.PathLike | None = None) -> None:
         handle = _resolved.pop(pgdata, None)
     if handle is not None:
         handle.stop()
-
-
-# -- secrets -----------------------------------------------------------------------------------------
-
-_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)""", re.IGNORECASE)
-_SECRET_PARAMS = {"password", "sslpassword"}
-
-
-def mask_url(url: str | None) -> str:
-    """``url`` with any password replaced by ``***``: URI userinfo, ``?password=`` and ``password=`` keywords.
-
-    Errs on the side of hiding: in a URI the userinfo is taken up to the *last* ``@`` before the
-    query string, so a password containing unescaped ``@`` or ``/`` is still masked whole.
-    """
-    if url is None:
-        return ""
-    url = str(url)
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", url, re.DOTALL)
-    if not match:  # a keyword/value conninfo string
-        return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + "***", url)
-    scheme, rest = match.groups()
-    query = ""
-    qpos = rest.find("?")
-    if qpos >= 0:
-        rest, query = rest[:qpos], rest[qpos + 1 :]
-    at = rest.rfind("@")
-    if at >= 0:
-        userinfo, hostpart = rest[:at], rest[at + 1 :]
-        if ":" in userinfo:
-            user, password = userinfo.split(":", 1)
-            if password:
-                userinfo = f"{user}:***"
-        rest = f"{userinfo}@{hostpart}"
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="/:*")
-        return _hide_parsed_password(url, f"{scheme}{rest}?{query}")
-    return _hide_parsed_password(url, f"{scheme}{rest}")
-
-
-def _hide_parsed_password(url: str, masked: str) -> str:
-    """Mask the password exactly as libpq parses it too (it reads up to the ``@``, so a password
-    holding an unescaped ``?`` escapes the URI-shaped rules above)."""
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
-    except Exception:  # not a conninfo libpq accepts: the rules above are all we have
-        return masked
-    if password:
-        for form in {str(password), quote(str(password), safe="")}:
-            masked = masked.replace(f":{form}@", ":***@")  # only where it stands as the password
-    return masked

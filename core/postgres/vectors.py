@@ -18,15 +18,15 @@ instead of aborting the batch's COPY.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
 
+from core.records import EmbeddingSettings, FailureRow, VectorRow, WriteResult
+
 __all__ = [
-    "EmbeddingRow",
-    "BatchResult",
     "encode_embedding_copy",
     "iter_copy_data",
     "write_batch",
@@ -40,9 +40,6 @@ __all__ = [
 STAGE_TABLE = "_sections_embedding_stage"
 MAX_REASON_CHARS = 2000
 MAX_VECTOR_DIMENSIONS = 16000  # pgvector's limit for the vector type
-
-# (section_id, vector float32 1-D, token_count, content_hash or None)
-EmbeddingRow = tuple
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -103,7 +100,7 @@ on conflict (section_id, model_name) do update
 """
 
 
-def check_vector(vector) -> tuple[np.ndarray | None, str | None]:
+def check_vector(vector: Any) -> tuple[np.ndarray | None, str | None]:
     """The vector as a contiguous float32 1-D array, or the reason it cannot be stored."""
     try:
         array = np.asarray(vector, dtype=np.float32)
@@ -128,7 +125,7 @@ def _vector_head(dims: int) -> bytes:
     return head
 
 
-def _encode_rows(rows: Sequence[EmbeddingRow], matrix: np.ndarray, append) -> None:
+def _encode_rows(rows: Sequence[VectorRow], matrix: np.ndarray, append: Callable[[Any], None]) -> None:
     """Append the COPY bytes of ``rows`` whose vectors are the rows of ``matrix`` (big-endian f4)."""
     dims = matrix.shape[1]
     step = 4 * dims
@@ -146,18 +143,18 @@ def _encode_rows(rows: Sequence[EmbeddingRow], matrix: np.ndarray, append) -> No
             append(_pack_int_field(4, token_count) + _pack_len(len(digest)) + bytes(digest))
 
 
-def iter_copy_data(rows: Sequence[EmbeddingRow], rejected: list, rows_per_chunk: int = 256) -> Iterator[bytes]:
+def iter_copy_data(rows: Sequence[VectorRow], rejected: list[FailureRow], rows_per_chunk: int = 256) -> Iterator[bytes]:
     """The binary COPY stream for ``(section_id, vector, token_count, content_hash)`` rows, in pieces.
 
     Each piece of ``rows_per_chunk`` rows is validated and converted in a few numpy calls (stack,
     isfinite, big-endian cast); rows whose vector pgvector cannot store are left out and appended
-    to ``rejected`` as (id, reason). Streaming lets the server parse one piece while the client
+    to ``rejected``. Streaming lets the server parse one piece while the client
     encodes the next. ``token_count`` must be an int.
     """
     yield _COPY_HEADER
     for start in range(0, len(rows), rows_per_chunk):
         piece = rows[start:start + rows_per_chunk]
-        parts: list = []
+        parts: list[Any] = []
         append = parts.append
         matrix = None
         try:
@@ -177,71 +174,59 @@ def iter_copy_data(rows: Sequence[EmbeddingRow], rejected: list, rows_per_chunk:
         for row in piece:
             vector, problem = check_vector(row[1])
             if problem:
-                rejected.append((row[0], problem))
+                rejected.append(FailureRow(row[0], problem))
                 continue
+            assert vector is not None
             _encode_rows((row,), vector.astype(">f4")[None, :], append)
         if parts:
             yield b"".join(parts)
     yield _COPY_TRAILER
 
 
-def encode_embedding_copy(rows: Sequence[EmbeddingRow]) -> bytes:
+def encode_embedding_copy(rows: Sequence[VectorRow]) -> bytes:
     """Rows ``(section_id, vector, token_count, content_hash)`` as one binary COPY stream.
 
     Raises ValueError if a vector cannot be stored.
     """
-    rejected: list = []
+    rejected: list[FailureRow] = []
     data = b"".join(iter_copy_data(rows, rejected))
     if rejected:
         raise ValueError(f"section {rejected[0][0]!r}: {rejected[0][1]}")
     return data
 
 
-def _dedupe_last(rows: Iterable, key=lambda r: r[0]) -> list:
-    """Keep the last row per key, in first-seen order (an upsert cannot touch one row twice)."""
-    seen: dict = {}
+R = TypeVar("R", VectorRow, FailureRow)
+
+
+def _dedupe_last(rows: Iterable[R]) -> list[R]:
+    """Keep the last row per section, in first-seen order (an upsert cannot touch one row twice)."""
+    seen: dict[Hashable, R] = {}
     for row in rows:
-        seen[key(row)] = row
+        seen[row[0]] = row
     return list(seen.values())
 
 
-@dataclass
-class BatchResult:
-    written: int = 0  # embeddings inserted or updated
-    recorded: int = 0  # failures inserted or updated in embedding_failures
-    missing: list = field(default_factory=list)  # ids whose section does not exist (nothing written)
-    rejected: list = field(default_factory=list)  # (id, reason): vectors pgvector cannot store (recorded as failures)
+def write_embeddings(conn: psycopg.Connection[Any], settings: EmbeddingSettings, rows: Iterable[VectorRow]) -> WriteResult:
+    """COPY + upsert ``rows`` under ``settings`` inside the caller's transaction.
 
-
-def write_embeddings(
-    conn,
-    model_name: str,
-    rows: Sequence[EmbeddingRow],
-    *,
-    requested_dimensions: int | None = None,
-    long_input: str | None = None,
-) -> BatchResult:
-    """COPY + upsert ``rows`` for ``model_name`` inside the caller's transaction.
-
-    Rows are ``(section_id, vector, token_count, content_hash)``; the last row per id wins. Vectors
-    pgvector cannot store come back in ``rejected`` (nothing is written for them). Clears
-    ``embedding_failures`` for the rows written.
+    The last row per id wins. Vectors pgvector cannot store come back in ``rejected`` (nothing is
+    written for them). Clears ``embedding_failures`` for the rows written.
     """
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
         raise RuntimeError("write_embeddings must run inside a transaction (the stage empties at commit)")
-    result = BatchResult()
-    rows = _dedupe_last(rows)
-    if not rows:
+    result = WriteResult()
+    unique = _dedupe_last(rows)
+    if not unique:
         return result
     # One lock order for every writer: concurrent batches sharing ids wait instead of deadlocking.
-    rows.sort(key=lambda r: r[0])
-    params = {"model": model_name, "requested_dimensions": requested_dimensions, "long_input": long_input}
+    unique.sort(key=lambda r: r[0])
+    params = _settings_params(settings)
     with conn.cursor() as cur:
         cur.execute(_STAGE_DDL)
         with cur.copy(_COPY_SQL) as copy:
-            for piece in iter_copy_data(rows, result.rejected):
+            for piece in iter_copy_data(unique, result.rejected):
                 copy.write(piece)
-        staged = len(rows) - len(result.rejected)
+        staged = len(unique) - len(result.rejected)
         if staged == 0:
             return result
         try:
@@ -252,44 +237,56 @@ def write_embeddings(
             cur.execute(_UPSERT_EXISTING_SQL, params)
             result.missing = [r[0] for r in cur.execute(_MISSING_SQL).fetchall()]
         result.written = cur.rowcount if not result.missing else staged - len(result.missing)
-        cur.execute(_CLEAR_FAILURES_SQL, {"model": model_name})
+        cur.execute(_CLEAR_FAILURES_SQL, params)
     return result
 
 
-def write_failures(conn, model_name: str, failures: Iterable[tuple[str, str]]) -> int:
+def _settings_params(settings: EmbeddingSettings) -> dict[str, Any]:
+    return {"model": settings.model, "requested_dimensions": settings.dimensions,
+            "long_input": settings.long_input_name}
+
+
+def write_failures(conn: psycopg.Connection[Any], model_name: str, failures: Iterable[FailureRow]) -> int:
     """Upsert (section_id, reason) into ``embedding_failures`` (attempts + 1); one statement.
 
     Failures for sections that do not exist are ignored (there is nothing to refer to).
     """
-    failures = _dedupe_last(failures)
-    if not failures:
+    unique = _dedupe_last(FailureRow(*failure) for failure in failures)
+    if not unique:
         return 0
-    failures.sort(key=lambda f: f[0])
-    ids = [f[0] for f in failures]
-    reasons = [(f[1] or "failed")[:MAX_REASON_CHARS] for f in failures]
+    unique.sort(key=lambda f: f.section_id)
+    ids = [f.section_id for f in unique]
+    reasons = [(f.reason or "failed")[:MAX_REASON_CHARS] for f in unique]
     cur = conn.execute(_FAILURES_SQL, {"model": model_name, "ids": ids, "reasons": reasons})
     return cur.rowcount
 
 
 def write_batch(
-    conn,
-    model_name: str,
-    successes: Sequence[EmbeddingRow],
-    failures: Sequence[tuple[str, str]] = (),
-    *,
-    requested_dimensions: int | None = None,
-    long_input: str | None = None,
-) -> BatchResult:
+    conn: psycopg.Connection[Any],
+    settings: EmbeddingSettings,
+    successes: Sequence[VectorRow],
+    failures: Sequence[FailureRow] = (),
+) -> WriteResult:
     """One transaction (a savepoint if the caller has one open): vectors, then failures.
 
     A section that both succeeded and failed in the same batch counts as succeeded; a vector that
     cannot be stored becomes a failure with its reason.
     """
     with conn.transaction():
-        result = write_embeddings(
-            conn, model_name, successes, requested_dimensions=requested_dimensions, long_input=long_input
-        )
-        succeeded = {row[0] for row in successes} - {r[0] for r in result.rejected}
-        failures = [f for f in failures if f[0] not in succeeded] + list(result.rejected)
-        result.recorded = write_failures(conn, model_name, failures)
+        result = write_embeddings(conn, settings, successes)
+        succeeded = {row[0] for row in successes} - {r.section_id for r in result.rejected}
+        kept = [FailureRow(*f) for f in failures if f[0] not in succeeded] + list(result.rejected)
+        result.recorded = write_failures(conn, settings.model, kept)
     return result
+
+
+def read_embedding(conn: psycopg.Connection[Any], section_id: str, model_name: str) -> np.ndarray | None:
+    """The stored vector of one section for one model, as float32."""
+    row = conn.execute(
+        "select embedding from section_embeddings where section_id = %s and model_name = %s",
+        (section_id, model_name),
+    ).fetchone()
+    if row is None:
+        return None
+    value = row[0]
+    return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value, dtype=np.float32)

@@ -1,0 +1,159 @@
+"""Ingest: store the sections given, embed those whose stored vector is missing or out of date.
+
+Streams, so memory is bounded by the chunk and queue sizes, never by the corpus: ``chunk_size``
+sections at a time are validated, upserted and checked against their stored fingerprints; the due
+ones go to the embedder as it asks for them; its outcomes go through the writer thread's bounded
+queue, so embedding and writing overlap.
+
+A stop (an exception from the embedder, such as ``ProviderFatalError`` on quota/auth failures, or
+KeyboardInterrupt; or a database error in the writer) writes everything that arrived, records
+nothing for sections never answered, and re-raises with the partial summary as ``error.result``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+from core.fingerprint import EMPTY_CONTENT, Due, split_current
+from core.pipeline.backend import Backend
+from core.pipeline.tally import ProgressCallback, Tally
+from core.pipeline.writer import Writer
+from core.records import Embedder, EmbeddingOutcome, FailureRow, IngestSummary, Rejected, Section, VectorRow, coerce_section
+
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "dedupe", "ingest", "valid_sections"]
+
+_log = logging.getLogger(__name__)
+NOT_EMBEDDED = "embedding failed"
+
+
+DEFAULT_CHUNK = 1000  # sections read, upserted and fingerprint-checked per round trip
+DEFAULT_WRITE_BATCH = 1000  # outcomes per write transaction
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    chunk_size: int = DEFAULT_CHUNK
+    write_batch: int = DEFAULT_WRITE_BATCH
+    queue_size: int | None = None  # outcomes waiting for the writer (default 2 x write_batch)
+    flush_interval: float = 0.25  # the longest an outcome waits before it is written
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.write_batch < 1:
+            raise ValueError("chunk_size and write_batch must be positive")
+
+
+@dataclass(slots=True)
+class Run:
+    """A finished run: the summary callers get, and the vector sizes written (for index policy)."""
+
+    summary: IngestSummary
+    dimensions: set[int] = field(default_factory=set)
+
+
+def dedupe(sections: Iterable[Section]) -> list[Section]:
+    """Keep the last occurrence of each id, at its position (an upsert cannot touch a row twice)."""
+    last: dict[str, Section] = {}
+    for section in sections:
+        last.pop(section.id, None)
+        last[section.id] = section
+    return list(last.values())
+
+
+def valid_sections(objects: Iterable[Any], rejected: list[Rejected]) -> list[Section]:
+    """Sections from dicts/objects; what cannot be stored goes to ``rejected`` with its reason."""
+    sections = []
+    for obj in objects:
+        coerced = coerce_section(obj)
+        if isinstance(coerced, Rejected):
+            rejected.append(coerced)
+        else:
+            sections.append(coerced)
+    return sections
+
+
+def attach_result(error: BaseException, result: IngestSummary) -> None:
+    try:
+        error.result = result  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - exceptions with __slots__
+        pass
+
+
+def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
+           on_progress: ProgressCallback | None = None) -> Run:
+    settings = embedder.settings
+    tally = Tally(on_progress)
+    writer = Writer(backend, settings, tally, batch_size=options.write_batch,
+                    queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval)
+    pending: dict[Hashable, Due] = {}
+    pending_lock = threading.Lock()
+
+    def feed() -> Iterator[tuple[int, str]]:
+        seq = 0
+        for chunk in _chunks(sections, options.chunk_size):
+            rejected: list[Rejected] = []
+            rows = dedupe(valid_sections(chunk, rejected))
+            for bad in rejected:
+                tally.fail(bad.section_id, bad.reason)
+            if not rows:
+                continue
+            backend.upsert_sections(rows)
+            split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
+            for blank in split.blank:
+                writer.put(FailureRow(blank.id, EMPTY_CONTENT))
+            tally.skip(split.unchanged)
+            for due in split.due:
+                seq += 1
+                with pending_lock:
+                    pending[seq] = due
+                yield seq, due.text
+            tally.report()
+            if writer.error is not None:
+                return
+
+    billed_before = embedder.total_tokens
+    stopped: BaseException | None = None
+    writer.start()
+    stream: Iterator[EmbeddingOutcome] | None = None
+    try:
+        stream = iter(embedder.stream_embeddings(feed()))
+        for outcome in stream:
+            with pending_lock:
+                due = pending.pop(outcome.key)
+            if outcome.ok:
+                tally.add_tokens(int(outcome.tokens or 0))
+                writer.put(VectorRow(due.section.id, outcome.vector, int(outcome.tokens or 0), due.digest))
+            else:
+                writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED))
+            if writer.error is not None:
+                break
+    except BaseException as error:
+        stopped = error
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # pragma: no cover - best effort
+                _log.debug("closing the embedding stream failed", exc_info=True)
+        writer.close()  # flushes what arrived
+    tally.settle_tokens(embedder.total_tokens - billed_before)
+    result = tally.result()
+    if writer.error is not None:
+        if stopped is not None and not isinstance(stopped, Exception):
+            raise stopped  # KeyboardInterrupt & co. win
+        attach_result(writer.error, result)
+        raise writer.error
+    if stopped is not None:
+        attach_result(stopped, result)
+        raise stopped
+    return Run(result, set(tally.dimensions))

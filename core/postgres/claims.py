@@ -1,0 +1,60 @@
+"""Claiming stale sections for one worker, so many processes can sync at once without overlap.
+
+A claim is a transaction: ``claim_due`` locks up to ``limit`` sections whose stored vector for the
+model is missing or out of date (``FOR NO KEY UPDATE SKIP LOCKED``, so rows another worker holds
+are skipped, and the writer's foreign-key checks are not blocked), the caller embeds them and
+writes the results on the same connection, and the commit releases the locks.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import sql
+
+from core.records import EmbeddingSettings, Section
+
+__all__ = ["Claimed", "claim_due"]
+
+# Probes the primary key of section_embeddings per row (a scalar subquery: no join that would
+# rescan the model's rows); a missing vector, a NULL hash and a different hash all compare "distinct".
+_STALE = sql.SQL(
+    "(select e.content_hash from section_embeddings e"
+    " where e.section_id = s.id and e.model_name = %(model)s)"
+    " is distinct from sections_content_hash(s.title, s.content, %(model)s, %(dims)s, %(policy)s)"
+)
+_CLAIM = sql.SQL(
+    "select s.id from sections s where {after} {stale} "
+    "order by s.id limit %(n)s for no key update skip locked"
+)
+# Under READ COMMITTED the claim's filter saw the snapshot taken before its row locks were
+# granted: a row another worker embedded and committed in between is locked fine and still
+# looks stale. A second statement (a fresh snapshot, our locks now held) drops those.
+_RECHECK = sql.SQL(
+    "select s.id, s.title, s.content from sections s where s.id = any(%(ids)s) and {stale} order by s.id"
+).format(stale=_STALE)
+
+
+class Claimed(NamedTuple):
+    """Sections locked for this transaction and still due, and the last id the claim reached."""
+
+    sections: list[Section]
+    claimed: int  # rows locked, before the recheck dropped any
+    last_id: str
+
+
+def claim_due(conn: psycopg.Connection[Any], settings: EmbeddingSettings, after: str | None,
+              limit: int) -> Claimed | None:
+    """Lock the next ``limit`` due sections after ``after`` (in id order); None when none are left.
+
+    Must run inside the caller's transaction, which holds the locks until it ends.
+    """
+    params: dict[str, Any] = {"model": settings.model, "dims": settings.dimensions,
+                              "policy": settings.long_input_name, "n": limit, "after": after}
+    query = _CLAIM.format(after=sql.SQL("s.id > %(after)s and") if after is not None else sql.SQL(""), stale=_STALE)
+    ids = [row[0] for row in conn.execute(query, params).fetchall()]
+    if not ids:
+        return None
+    rows = conn.execute(_RECHECK, {**params, "ids": ids}).fetchall()
+    sections = [Section(section_id, title or "", content or "") for section_id, title, content in rows]
+    return Claimed(sections, len(ids), ids[-1])

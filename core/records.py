@@ -1,0 +1,260 @@
+"""The types that cross stages: what is read, what is embedded, what is written, what is returned.
+
+One definition each, so a reader, the engine, the writer and the faces cannot disagree about a
+field: one ``Section`` with one rule for what Postgres can store, named rows instead of bare
+tuples, and TypedDicts for the seed's dict-shaped results (their keys are the seed's contract).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypedDict
+
+import numpy as np
+
+from core.tokens import LongInputPolicy
+
+__all__ = [
+    "BatchEmbeddings",
+    "Embedder",
+    "EmbeddingOutcome",
+    "EmbeddingSettings",
+    "FailureRow",
+    "IngestSummary",
+    "ProgressCounts",
+    "Rejected",
+    "Section",
+    "VectorRow",
+    "WriteResult",
+    "coerce_section",
+    "section_problem",
+    "text_problem",
+]
+
+
+# -- sections ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One unit to embed.
+
+    ``metadata`` is any JSON value; None means "keep what is stored" (a caller that says nothing
+    about metadata must not erase it). ``location`` ("file:line") exists only for messages, so it
+    takes no part in equality, and ``metadata`` takes no part in the hash, so sections can still be
+    put in sets.
+    """
+
+    id: str
+    title: str
+    content: str
+    metadata: Any = field(default=None, hash=False)
+    location: str = field(default="", compare=False)
+
+
+class Rejected(NamedTuple):
+    """An input that cannot become a stored section, and why (its id when it had a usable one)."""
+
+    section_id: str | None
+    reason: str
+
+
+_UNSTORABLE = "holds a NUL character or a lone surrogate, which Postgres text cannot store"
+
+
+def text_problem(value: str) -> str | None:
+    """Why Postgres ``text`` cannot hold ``value`` (NUL, or a lone surrogate that is not UTF-8), or None."""
+    if "\x00" in value:
+        return _UNSTORABLE
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _UNSTORABLE
+    return None
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _strings(key)
+            yield from _strings(inner)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            yield from _strings(inner)
+
+
+def _json_problem(value: Any) -> str | None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as error:
+        return f"is not JSON: {error}"
+    if any(text_problem(text) for text in _strings(value)):
+        return _UNSTORABLE
+    return None
+
+
+def section_problem(section: Section) -> str | None:
+    """The one rule for what the store can hold: why this section cannot be stored, or None.
+
+    Checked before anything is spent, so a bad section is refused (with its file and line when it
+    came from a file) instead of failing a write batch.
+    """
+    if section.id == "":
+        return "section id is empty"
+    for name, value in (("id", section.id), ("title", section.title), ("content", section.content)):
+        problem = text_problem(value)
+        if problem:
+            return f"{name} {problem}"
+    if section.metadata is not None:
+        problem = _json_problem(section.metadata)
+        if problem:
+            return f"metadata {problem}"
+    return None
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def coerce_section(obj: Any) -> Section | Rejected:
+    """A ``Section`` from a dict or any object with id/title/content[/metadata], or why not.
+
+    Ids may be str or int (ints become their decimal string); title and content default to "".
+    """
+    if isinstance(obj, Section):
+        section = obj
+    else:
+        raw_id = _field(obj, "id")
+        if raw_id is None or isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            return Rejected(None if raw_id is None else str(raw_id), "section has no id (str or int)")
+        title = _field(obj, "title") or ""
+        content = _field(obj, "content") or ""
+        section_id = raw_id if isinstance(raw_id, str) else str(raw_id)
+        if not isinstance(title, str) or not isinstance(content, str):
+            return Rejected(section_id, "title and content must be strings")
+        section = Section(section_id, title, content, _field(obj, "metadata"))
+    problem = section_problem(section)
+    if problem:
+        return Rejected(section.id, problem)
+    return section
+
+
+# -- settings that decide a vector ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """Everything besides the text that decides a vector: a change to any of it is a new vector.
+
+    Stored beside every vector (``model_name``, ``requested_dimensions``, ``long_input``) and folded
+    into its content hash, so the store can tell in SQL which vectors are out of date.
+    """
+
+    model: str
+    dimensions: int | None = None  # requested from the provider; None: the model's own size
+    long_input: LongInputPolicy | None = LongInputPolicy.AVERAGE  # None: vectors written as given
+
+    @property
+    def long_input_name(self) -> str | None:
+        """The policy as stored and hashed (its name)."""
+        return None if self.long_input is None else self.long_input.value
+
+
+# -- what the engine hands on ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOutcome:
+    """The result for one caller item: a float32 vector, or the reason it failed."""
+
+    key: Hashable
+    vector: np.ndarray | None
+    tokens: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.vector is not None and self.error is None
+
+
+class Embedder(Protocol):
+    """What the store needs from an embedding service (``EmbeddingService`` is one)."""
+
+    @property
+    def settings(self) -> EmbeddingSettings: ...
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens billed since the service was made; a run's bill is the difference."""
+        ...
+
+    def stream_embeddings(self, items: Iterable[tuple[Hashable, str]]) -> Iterator[EmbeddingOutcome]: ...
+
+    def generate_embedding(self, text: str) -> list[float]: ...
+
+
+# -- what the writer takes and gives -----------------------------------------------------------------------
+
+
+class VectorRow(NamedTuple):
+    """One vector to store for a section under the run's settings."""
+
+    section_id: str
+    vector: Any  # a float32 1-D array (or anything numpy can read as one)
+    token_count: int
+    content_hash: bytes | None
+
+
+class FailureRow(NamedTuple):
+    """A section that could not be embedded (or stored), and why."""
+
+    section_id: str
+    reason: str
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one write batch did."""
+
+    written: int = 0  # embeddings inserted or updated
+    recorded: int = 0  # failures inserted or updated in embedding_failures
+    missing: list[str] = field(default_factory=list)  # ids whose section does not exist (nothing written)
+    rejected: list[FailureRow] = field(default_factory=list)  # vectors pgvector cannot store
+
+
+# -- results handed to callers (the seed's shapes) ---------------------------------------------------------
+
+
+class IngestSummary(TypedDict):
+    """``batch_ingest_embeddings`` / ``ingest`` / ``sync``: the seed's four keys and our two."""
+
+    success_count: int
+    failed_count: int
+    total_tokens: int
+    failed_ids: list[str]
+    skipped_count: int
+    errors: dict[str, str]
+
+
+class BatchEmbeddings(TypedDict):
+    """``batch_generate_embeddings``: the seed's three keys and our two."""
+
+    embeddings: list[list[float]]
+    failed_indices: list[int]
+    total_tokens: int
+    indices: list[int]
+    errors: dict[int, str]
+
+
+class ProgressCounts(TypedDict):
+    """Where a run stands, as its progress callback sees it."""
+
+    success: int
+    failed: int
+    skipped: int
+    tokens: int
