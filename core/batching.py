@@ -33,7 +33,7 @@ class Limits:
     max_request_tokens: int = 300_000
     max_input_tokens: int = 8191
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if min(self.max_inputs, self.max_request_tokens, self.max_input_tokens) < 1:
             raise ValueError(f"limits must be positive: {self}")
         if self.max_input_tokens > self.max_request_tokens:

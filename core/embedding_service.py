@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List
+from typing import Any, List, cast
 
 from openai import OpenAI
 
@@ -105,7 +105,7 @@ class EmbeddingService:
     def __enter__(self) -> "EmbeddingService":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- accounting ---------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class EmbeddingService:
     def total_cost_usd(self) -> float:
         return self.usage.cost_usd
 
-    def get_usage(self) -> Dict[str, Any]:
+    def get_usage(self) -> dict[str, Any]:
         return {**self.usage.as_dict(), "cache_hits": self._cache.hits, "cache_size": len(self._cache)}
 
     def clear_cache(self) -> None:
@@ -193,11 +193,12 @@ class EmbeddingService:
         fatal: ProviderFatalError | None = None
         try:
             for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo))):
+                position = cast(int, outcome.key)  # the keys given above are input positions
                 if outcome.vector is None:
-                    errors[outcome.key] = outcome.error or "failed"
+                    errors[position] = outcome.error or "failed"
                 else:
-                    vectors[outcome.key] = outcome.vector.tolist()
-                    self._cache.put(self._cache_key(texts[outcome.key]), outcome.vector)
+                    vectors[position] = outcome.vector.tolist()
+                    self._cache.put(self._cache_key(texts[position]), outcome.vector)
         except ProviderFatalError as error:
             fatal = error
         for i, vector in enumerate(vectors):
@@ -246,7 +247,8 @@ class EmbeddingService:
         if outcome.vector is None:
             raise RuntimeError(f"embedding failed: {outcome.error}")
         self._cache.put(self._cache_key(text), outcome.vector)
-        return outcome.vector.tolist()
+        vector: list[float] = outcome.vector.tolist()
+        return vector
 
     def get_or_generate_embedding(self, text: str) -> List[float]:
         """The cached vector for ``text`` if there is one, else ``generate_embedding(text)``."""

@@ -165,18 +165,19 @@ class RateLimiter:
         with self._cond:
             self._consecutive_429 += 1
             hinted = retry_after is not None
-            if not hinted:
+            if retry_after is None:
                 # No hint from the server: back off exponentially with jitter, shared by all.
-                retry_after = min(MAX_BACKOFF_S, 0.25 * 2 ** (self._consecutive_429 - 1))
-                retry_after *= 0.5 + random.random()
+                pause = min(MAX_BACKOFF_S, 0.25 * 2.0 ** (self._consecutive_429 - 1)) * (0.5 + random.random())
+            else:
+                pause = retry_after
             now = self._clock()
-            self._paused_until = max(self._paused_until, now + retry_after)
+            self._paused_until = max(self._paused_until, now + pause)
             if self._tokens:
                 self._tokens.refill(now)
-                floor = tokens - self._tokens.rate * retry_after if hinted else 0.0
+                floor = tokens - self._tokens.rate * pause if hinted else 0.0
                 self._tokens.level = min(self._tokens.level, floor)
             self._cond.notify_all()
-            return retry_after
+            return pause
 
 
 def _number(value: str | None) -> float | None:

@@ -7,6 +7,7 @@ tuples, and TypedDicts for the seed's dict-shaped results (their keys are the se
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypedDict
@@ -16,6 +17,8 @@ import numpy as np
 from core.tokens import LongInputPolicy
 
 __all__ = [
+    "MAX_REASON_CHARS",
+    "MAX_VECTOR_DIMENSIONS",
     "BatchEmbeddings",
     "Embedder",
     "EmbeddingOutcome",
@@ -27,8 +30,10 @@ __all__ = [
     "Section",
     "VectorRow",
     "WriteResult",
+    "check_vector",
     "coerce_section",
     "section_problem",
+    "stored_reason",
     "text_problem",
 ]
 
@@ -198,6 +203,24 @@ class Embedder(Protocol):
     def generate_embedding(self, text: str) -> list[float]: ...
 
 
+MAX_VECTOR_DIMENSIONS = 16000  # pgvector's limit for the vector type
+
+
+def check_vector(vector: Any) -> tuple[np.ndarray | None, str | None]:
+    """The vector as a contiguous float32 1-D array, or the reason pgvector cannot store it."""
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        return None, f"not a vector: {error}"
+    if array.ndim != 1:
+        return None, f"vector must be 1-D, got shape {array.shape}"
+    if not 1 <= array.shape[0] <= MAX_VECTOR_DIMENSIONS:
+        return None, f"vector has {array.shape[0]} dimensions; pgvector stores 1 to {MAX_VECTOR_DIMENSIONS}"
+    if not np.isfinite(array).all():
+        return None, "vector contains NaN or infinity"
+    return array, None
+
+
 # -- what the writer takes and gives -----------------------------------------------------------------------
 
 
@@ -215,6 +238,16 @@ class FailureRow(NamedTuple):
 
     section_id: str
     reason: str
+
+
+MAX_REASON_CHARS = 2000
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def stored_reason(reason: str | None) -> str:
+    """A failure reason as it can be stored: bounded, never empty, and with what Postgres text cannot
+    hold (NUL, lone surrogates) replaced, since reasons are free text from providers."""
+    return _NOT_TEXT.sub("\ufffd", reason or "failed")[:MAX_REASON_CHARS]
 
 
 @dataclass(slots=True)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psycopg
 
 from core.fingerprint import content_hash, section_text
-from core.pipeline.ingest import DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, dedupe, ingest, valid_sections
+from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, chunked, dedupe, ingest,
+                                  valid_sections)
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
 from core.postgres import index as pg_index
@@ -38,7 +39,7 @@ from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
 from core.records import (Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected, VectorRow,
-                          text_problem)
+                          check_vector, text_problem)
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
@@ -108,20 +109,13 @@ class SupabaseStore:
         Returns the number of rows inserted or changed.
         """
         total = 0
-        batch: list[Any] = []
-        for obj in sections:
-            batch.append(obj)
-            if len(batch) >= chunk_size:
-                total += self._upsert_chunk(batch)
-                batch = []
-        return total + self._upsert_chunk(batch)
-
-    def _upsert_chunk(self, objects: list[Any]) -> int:
-        rejected: list[Rejected] = []
-        rows = valid_sections(objects, rejected)
-        if rejected:
-            raise ValueError(f"section {rejected[0].section_id!r}: {rejected[0].reason}")
-        return self.backend.upsert_sections(dedupe(rows)) if rows else 0
+        for chunk in chunked(sections, chunk_size):
+            rejected: list[Rejected] = []
+            rows = valid_sections(chunk, rejected)
+            if rejected:
+                raise ValueError(f"section {rejected[0].section_id!r}: {rejected[0].reason}")
+            total += self.backend.upsert_sections(dedupe(rows)) if rows else 0
+        return total
 
     def get_section(self, section_id: str) -> pg_sections.StoredSection | None:
         with self.connection() as conn:
@@ -145,23 +139,16 @@ class SupabaseStore:
         settings = EmbeddingSettings(model_name, requested_dimensions,
                                      None if long_input is None else LongInputPolicy.parse(long_input))
         total = 0
-        batch: list[VectorRow] = []
-        for row in rows:
-            batch.append(VectorRow(str(row[0]), row[1], int(row[2]) if len(row) > 2 and row[2] is not None else 0,
-                                   row[3] if len(row) > 3 else None))
-            if len(batch) >= batch_size:
-                total += self._write_vectors(settings, batch)
-                batch = []
-        return total + (self._write_vectors(settings, batch) if batch else 0)
-
-    def _write_vectors(self, settings: EmbeddingSettings, batch: list[VectorRow]) -> int:
-        with self.connection() as conn, conn.transaction():
-            result = vectors.write_embeddings(conn, settings, batch)
-            if result.rejected:
-                raise ValueError(f"section {result.rejected[0].section_id!r}: {result.rejected[0].reason}")
-            if result.missing:
-                raise ValueError(f"{len(result.missing)} section(s) do not exist, e.g. {result.missing[0]!r}")
-        return result.written
+        for chunk in chunked(rows, batch_size):
+            batch = [_vector_row(row) for row in chunk]
+            with self.connection() as conn, conn.transaction():
+                result = vectors.write_embeddings(conn, settings, batch)
+                if result.rejected:
+                    raise ValueError(f"section {result.rejected[0].section_id!r}: {result.rejected[0].reason}")
+                if result.missing:
+                    raise ValueError(f"{len(result.missing)} section(s) do not exist, e.g. {result.missing[0]!r}")
+            total += result.written
+        return total
 
     def record_failures(self, model_name: str, failures: Mapping[str, str] | Iterable[tuple[str, str]]) -> int:
         """Upsert failures ({section id: reason}); attempts go up by one each time."""
@@ -185,27 +172,18 @@ class SupabaseStore:
                build_index: bool | None = None, on_progress: ProgressCallback | None = None) -> IngestSummary:
         """Store ``sections`` and embed the ones whose stored vector is missing or out of date.
 
-        Streams (``core.pipeline.ingest``): ``chunk_size`` sections at a time are upserted and
-        their stored fingerprints looked up; unchanged ones are skipped; the rest go to
-        ``embedding_service.stream_embeddings``, whose outcomes a writer thread stores,
-        ``write_batch`` per transaction (or whatever arrived within ``flush_interval`` seconds).
-
-        Returns ``success_count``, ``failed_count``, ``total_tokens`` (billed during the run),
+        Streams ``chunk_size`` sections at a time and writes ``write_batch`` outcomes per
+        transaction, on a thread of its own (``core.pipeline.ingest`` says how and why). Returns
+        ``success_count``, ``failed_count``, ``total_tokens`` (billed during the run),
         ``failed_ids``, ``skipped_count`` and ``errors`` ({section id: reason}). A blank or
-        unstorable section is a failure with its reason, not an exception. Failures are recorded in
-        ``embedding_failures`` (except unstorable sections, which have no row to refer to); a
-        success clears them.
-
-        If the embedding stream raises (``core.errors.ProviderFatalError`` on quota/auth errors, or
-        anything else, KeyboardInterrupt included), or the database fails, the run stops: everything
-        that arrived is written, nothing is recorded for sections never answered, and the exception
-        is re-raised with the partial summary attached as ``error.result``.
+        unstorable section is a failure with its reason, not an exception; failures are recorded in
+        ``embedding_failures`` until they succeed. A stop (``ProviderFatalError``, a database error,
+        KeyboardInterrupt) writes what arrived and re-raises with the partial summary as
+        ``error.result``.
 
         ``build_index``: True builds the model's HNSW index afterwards, False never; None (default)
-        builds it when the model has none yet and at least ``auto_index_min_rows`` vectors.
-
-        ``on_progress`` is called (from the writer thread too) with the counts so far: ``success``,
-        ``failed``, ``skipped``, ``tokens``.
+        when the model has none yet and at least ``auto_index_min_rows`` vectors. ``on_progress``
+        gets ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too.
         """
         settings = embedding_service.settings
         _check_model(settings.model)
@@ -234,11 +212,9 @@ class SupabaseStore:
              on_progress: ProgressCallback | None = None) -> IngestSummary:
         """Embed every stored section whose vector for the service's model is missing or stale.
 
-        Several processes can run this at once (``core.pipeline.sync``): each transaction claims
-        up to ``claim_batch`` due rows no other process holds, embeds them, writes the vectors and
-        failures, and commits. ``limit`` caps the sections claimed by this call. Returns the
-        ``ingest`` summary (``skipped_count`` is 0). On an embedding-stream exception, what
-        arrived is committed and the exception re-raised with ``error.result``.
+        Safe in many processes at once: each claims ``claim_batch`` due rows that no other holds
+        (``core.pipeline.sync``). ``limit`` caps the sections claimed by this call. Returns the
+        ``ingest`` summary (``skipped_count`` is 0); a stop re-raises with ``error.result``.
         """
         _check_model(embedding_service.settings.model)
         return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
@@ -328,8 +304,17 @@ def _check_model(model_name: Any) -> None:
         raise ValueError(f"model name {problem}")
 
 
+def _vector_row(row: Sequence[Any]) -> VectorRow:
+    """A caller's ``(id, vector[, tokens[, hash]])`` as a row; a full, well-typed tuple is one already
+    (the writer reads rows by position), which spares a copy per row on bulk loads."""
+    if len(row) == 4 and type(row[0]) is str and type(row[2]) is int:
+        return cast(VectorRow, row)
+    return VectorRow(str(row[0]), row[1], int(row[2]) if len(row) > 2 and row[2] is not None else 0,
+                     row[3] if len(row) > 3 else None)
+
+
 def _query_vector(vector: Any) -> np.ndarray:
-    array, problem = vectors.check_vector(vector)
+    array, problem = check_vector(vector)
     if array is None:
         raise ValueError(f"query vector: {problem}")
     return array

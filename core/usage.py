@@ -39,7 +39,7 @@ class Usage:
     def cost_usd(self) -> float:
         return estimate_cost_usd(self.model, self.tokens)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | int | float]:
         with self._lock:
             return {
                 "model": self.model,

@@ -1,27 +1,22 @@
 """SupabaseStore against a real embedded Postgres + pgvector (a fresh database per test).
 
-The ingest tests drive the store with ``FakeStreamingEmbedder``, a tiny deterministic stand-in for
-``EmbeddingService.stream_embeddings`` defined here and used nowhere else.
+The ingest tests drive the store with ``FakeStreamingEmbedder`` (``test/fake_embedder.py``), a tiny
+deterministic stand-in for ``EmbeddingService.stream_embeddings``.
 """
 from __future__ import annotations
 
-import hashlib
-import random
 import threading
-import types
 import uuid
 
 import numpy as np
 import psycopg
 import pytest
 
-from core.embedding_service import EmbeddingOutcome
 from core.errors import ProviderFatalError
 from core.postgres.schema import apply_migrations, migrations
 from core.postgres.search import knn_statement
-from core.records import EmbeddingSettings
 from core.supabase_store import SupabaseStore, content_hash, index_name, section_text
-from core.tokens import LongInputPolicy
+from fake_embedder import FakeStreamingEmbedder, StreamedSections
 
 HOSTILE_IDS = [
     "plain",
@@ -37,70 +32,6 @@ HOSTILE_IDS = [
     "new\nline\ttab",
     "e\u0301 combining",
 ]
-
-
-# -- a deterministic stand-in for the embedding engine (tests only) ----------------------------------
-
-
-class FakeStreamingEmbedder:
-    """Test double with EmbeddingService's streaming contract; vectors are a hash of the text.
-
-    - reads its input lazily, ``window`` items at a time, and yields that window's outcomes in a
-      shuffled order (the real engine's outcomes come back in any order too);
-    - texts containing ``POISON`` fail with a reason; ``fatal_after=n`` raises ProviderFatalError
-      once n outcomes were yielded (what the engine does on quota/auth errors);
-    - records every text it was asked to embed in ``embedded``, and the most input items it held
-      at once in ``max_held``.
-    """
-
-    def __init__(self, model="fake-model", dimensions=16, long_input="average", *, window=64,
-                 fatal_after=None, seed=0):
-        self.model, self.dimensions, self.long_input = model, dimensions, long_input
-        self.settings = EmbeddingSettings(model, dimensions, LongInputPolicy(long_input))
-        self.window, self.fatal_after = window, fatal_after
-        self.rng = random.Random(seed)
-        self.embedded: list[str] = []
-        self.max_held = 0
-        self.usage = types.SimpleNamespace(tokens=0, requests=0)
-        self._lock = threading.Lock()
-
-    @property
-    def total_tokens(self) -> int:
-        return self.usage.tokens
-
-    def vector(self, text: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(f"{self.model}/{self.dimensions}/{text}".encode()).digest()[:8], "big")
-        v = np.random.default_rng(seed).standard_normal(self.dimensions or 16).astype(np.float32)
-        return v / np.linalg.norm(v)
-
-    def generate_embedding(self, text: str) -> list[float]:
-        return self.vector(text).tolist()
-
-    def stream_embeddings(self, items):
-        yielded = 0
-        iterator = iter(items)
-        while True:
-            window = []
-            for key, text in iterator:
-                window.append((key, text))
-                if len(window) >= self.window:
-                    break
-            if not window:
-                return
-            self.max_held = max(self.max_held, len(window))
-            self.rng.shuffle(window)
-            for key, text in window:
-                if self.fatal_after is not None and yielded >= self.fatal_after:
-                    raise ProviderFatalError("insufficient_quota: you exceeded your current quota")
-                tokens = len(text.split())
-                with self._lock:
-                    self.embedded.append(text)
-                    self.usage.tokens += tokens
-                if "POISON" in text:
-                    yield EmbeddingOutcome(key, None, tokens, "rejected by provider: poison")
-                else:
-                    yield EmbeddingOutcome(key, self.vector(text), tokens)
-                yielded += 1
 
 
 def _sections(n, prefix="s", content="content number {i} with some words"):
@@ -505,26 +436,19 @@ def test_ingest_failures_are_recorded_with_reasons_and_do_not_stop_the_run(store
 def test_ingest_streams_with_bounded_memory(store, db, monkeypatch):
     from core.postgres import vectors as vector_writer
 
-    pulled = 0
-
-    def generate():
-        nonlocal pulled
-        for i in range(5000):
-            pulled += 1
-            yield {"id": f"g{i}", "title": "", "content": f"streamed section {i}"}
-
+    sections = StreamedSections(5000)
     writes = []  # (sections read so far, vectors written before this batch)
     original = vector_writer.write_batch
 
     def spy(conn, settings, successes, failures=()):
-        writes.append((pulled, sum(w[2] for w in writes)))
+        writes.append((sections.pulled, sum(w[2] for w in writes)))
         result = original(conn, settings, successes, failures)
         writes[-1] = writes[-1] + (result.written,)
         return result
 
     monkeypatch.setattr(vector_writer, "write_batch", spy)
     embedder = FakeStreamingEmbedder(window=100)
-    result = store.ingest(generate(), embedder, chunk_size=200, write_batch=100, flush_interval=0.05)
+    result = store.ingest(sections, embedder, chunk_size=200, write_batch=100, flush_interval=0.05)
     assert result["success_count"] == 5000
     assert _count(db, "select count(*) from section_embeddings") == 5000
     assert embedder.max_held <= 100

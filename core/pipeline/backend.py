@@ -51,9 +51,10 @@ class Backend(Protocol):
                     failures: Sequence[FailureRow]) -> WriteResult:
         """Store vectors and record failures in one transaction.
 
-        A success clears the section's failure; a section that no longer exists is reported in
-        ``missing`` and nothing is written for it; a vector that cannot be stored is ``rejected``
-        and recorded as a failure.
+        A success clears the section's failure; a vector for a section that no longer exists is
+        reported in ``missing`` and nothing is written for it (a failure for one is dropped: there
+        is nothing to refer to); a vector that cannot be stored is ``rejected`` and recorded as a
+        failure. Reasons are stored as ``records.stored_reason`` makes them.
         """
         ...
 

@@ -24,7 +24,8 @@ from core.pipeline.tally import ProgressCallback, Tally
 from core.pipeline.writer import Writer
 from core.records import Embedder, EmbeddingOutcome, FailureRow, IngestSummary, Rejected, Section, VectorRow, coerce_section
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "dedupe", "ingest", "valid_sections"]
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "chunked", "dedupe", "ingest",
+           "valid_sections"]
 
 _log = logging.getLogger(__name__)
 NOT_EMBEDDED = "embedding failed"
@@ -82,7 +83,8 @@ def attach_result(error: BaseException, result: IngestSummary) -> None:
         pass
 
 
-def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` items (the last may be shorter), read lazily."""
     iterator = iter(iterable)
     while chunk := list(islice(iterator, size)):
         yield chunk
@@ -99,7 +101,7 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
 
     def feed() -> Iterator[tuple[int, str]]:
         seq = 0
-        for chunk in _chunks(sections, options.chunk_size):
+        for chunk in chunked(sections, options.chunk_size):
             rejected: list[Rejected] = []
             rows = dedupe(valid_sections(chunk, rejected))
             for bad in rejected:
@@ -148,12 +150,10 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
         writer.close()  # flushes what arrived
     tally.settle_tokens(embedder.total_tokens - billed_before)
     result = tally.result()
-    if writer.error is not None:
-        if stopped is not None and not isinstance(stopped, Exception):
-            raise stopped  # KeyboardInterrupt & co. win
-        attach_result(writer.error, result)
-        raise writer.error
-    if stopped is not None:
-        attach_result(stopped, result)
-        raise stopped
+    failure = writer.error or stopped
+    if writer.error is not None and stopped is not None and not isinstance(stopped, Exception):
+        failure = stopped  # KeyboardInterrupt & co. win over a database error
+    if failure is not None:
+        attach_result(failure, result)
+        raise failure
     return Run(result, set(tally.dimensions))

@@ -9,12 +9,13 @@ partial summary as ``error.result``.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import NoReturn
 
 from core.fingerprint import EMPTY_CONTENT, Due, split_current
 from core.pipeline.backend import Backend
 from core.pipeline.ingest import NOT_EMBEDDED, Run, attach_result
 from core.pipeline.tally import ProgressCallback, Tally
-from core.records import Embedder, FailureRow, VectorRow
+from core.records import Embedder, FailureRow, Section, VectorRow
 
 __all__ = ["sync"]
 
@@ -31,35 +32,48 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
     claimed_total = 0
     while limit is None or claimed_total < limit:
         n = claim_batch if limit is None else min(claim_batch, limit - claimed_total)
-        with backend.claim_due(settings, after, n) as claim:
-            if claim is None:
-                break
-            after = claim.last_id
-            claimed_total += claim.claimed
-            split = split_current(claim.sections, settings, NOTHING_STORED)
-            successes: list[VectorRow] = []
-            failures = [FailureRow(section.id, EMPTY_CONTENT) for section in split.blank]
-            due: dict[Hashable, Due] = dict(enumerate(split.due))
-            stopped: BaseException | None = None
-            try:
-                if due:
-                    for outcome in embedder.stream_embeddings((key, item.text) for key, item in due.items()):
-                        item = due[outcome.key]
-                        if outcome.ok:
-                            tally.add_tokens(int(outcome.tokens or 0))
-                            successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0),
-                                                       item.digest))
-                        else:
-                            failures.append(FailureRow(item.section.id, outcome.error or NOT_EMBEDDED))
-            except BaseException as error:
-                stopped = error
-            result = claim.write(successes, failures)
+        stopped: BaseException | None = None
+        try:
+            with backend.claim_due(settings, after, n) as claim:
+                if claim is None:
+                    break
+                after = claim.last_id
+                claimed_total += claim.claimed
+                successes, failures, stopped = _embed(claim.sections, embedder, tally)
+                result = claim.write(successes, failures)
+        except BaseException as error:  # the claim's writes were undone: nothing of it is counted
+            interrupt = stopped if stopped is not None and not isinstance(stopped, Exception) else None
+            _stop(interrupt or error, tally, embedder, billed_before)  # KeyboardInterrupt & co. win
         # committed
         tally.add_batch(successes, failures, result)
         if stopped is not None:
-            tally.settle_tokens(embedder.total_tokens - billed_before)
-            summary = tally.result()
-            attach_result(stopped, summary)
-            raise stopped
+            _stop(stopped, tally, embedder, billed_before)
     tally.settle_tokens(embedder.total_tokens - billed_before)
     return Run(tally.result(), set(tally.dimensions))
+
+
+def _embed(sections: list[Section], embedder: Embedder,
+           tally: Tally) -> tuple[list[VectorRow], list[FailureRow], BaseException | None]:
+    """Embed claimed sections; an exception from the embedder stops after what arrived is kept."""
+    split = split_current(sections, embedder.settings, NOTHING_STORED)
+    successes: list[VectorRow] = []
+    failures = [FailureRow(section.id, EMPTY_CONTENT) for section in split.blank]
+    due: dict[Hashable, Due] = dict(enumerate(split.due))
+    try:
+        if due:
+            for outcome in embedder.stream_embeddings((key, item.text) for key, item in due.items()):
+                item = due[outcome.key]
+                if outcome.ok:
+                    tally.add_tokens(int(outcome.tokens or 0))
+                    successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0), item.digest))
+                else:
+                    failures.append(FailureRow(item.section.id, outcome.error or NOT_EMBEDDED))
+    except BaseException as error:
+        return successes, failures, error
+    return successes, failures, None
+
+
+def _stop(error: BaseException, tally: Tally, embedder: Embedder, billed_before: int) -> NoReturn:
+    tally.settle_tokens(embedder.total_tokens - billed_before)
+    attach_result(error, tally.result())
+    raise error

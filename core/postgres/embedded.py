@@ -28,7 +28,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from core.redact import mask_url
 
@@ -54,7 +54,7 @@ _log = logging.getLogger(__name__)
 # -- where things live ------------------------------------------------------------------------------
 
 
-def data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+def data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The sections data directory: the argument, else ``$SECTIONS_DATA_DIR``, else the user's."""
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
@@ -66,7 +66,7 @@ def data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
-def postgres_dir(data_dir_: str | os.PathLike | None = None) -> Path:
+def postgres_dir(data_dir_: str | os.PathLike[str] | None = None) -> Path:
     """The embedded cluster's PGDATA: ``<data dir>/postgres``."""
     return data_dir(data_dir_) / "postgres"
 
@@ -75,10 +75,10 @@ def postgres_dir(data_dir_: str | os.PathLike | None = None) -> Path:
 
 _registry_lock = threading.Lock()
 _refcounts: dict[Path, int] = {}
-_servers: dict[Path, object] = {}  # pgdata -> pgserver.PostgresServer
+_servers: dict[Path, Any] = {}  # pgdata -> pgserver.PostgresServer
 
 
-def _prune_dead_pids(server) -> None:
+def _prune_dead_pids(server: Any) -> None:
     """Drop processes that died without unregistering from pgserver's shared list (call under its lock)."""
     import psutil
 
@@ -90,7 +90,7 @@ def _prune_dead_pids(server) -> None:
         pid_list.put(alive)
 
 
-def _acquire(pgdata: Path):
+def _acquire(pgdata: Path) -> Any:
     """Start or join the server for ``pgdata``; counted per process."""
     with _registry_lock:
         count = _refcounts.get(pgdata, 0)
@@ -106,7 +106,7 @@ def _acquire(pgdata: Path):
 
         try:
             # get_server initialises PGDATA, starts the server if none runs and registers this process.
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
             with PostgresServer._lock:
                 # An instance cached from an earlier acquire/release in this process: make sure it runs
                 # and that this process is registered again (both are idempotent).
@@ -135,7 +135,7 @@ def _release(pgdata: Path) -> None:
             _refcounts[pgdata] = count - 1
             return
         del _refcounts[pgdata]
-        server = _servers.pop(pgdata)
+        server: Any = _servers.pop(pgdata)
         from pgserver.postgres_server import PostgresServer
 
         with PostgresServer._lock:  # not reentrant: pgserver's _cleanup takes it again below
@@ -150,7 +150,7 @@ class EmbeddedPostgres:
     The server stops when the last handle in the last process using it is released (or at exit).
     """
 
-    def __init__(self, data_dir: str | os.PathLike | None = None):
+    def __init__(self, data_dir: str | os.PathLike[str] | None = None):
         self.pgdata = postgres_dir(data_dir).expanduser().resolve()
         self._server = _acquire(self.pgdata)
         self._stopped = False
@@ -158,18 +158,20 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         """A libpq URL for the ``postgres`` database, over the unix socket; no password."""
-        return self._server.get_uri()
+        return str(self._server.get_uri())
 
     def url_for(self, database: str) -> str:
-        return self._server.get_uri(database=database)
+        return str(self._server.get_uri(database=database))
 
     @property
     def pid(self) -> int | None:
-        return self._server.get_pid()
+        pid = self._server.get_pid()
+        return None if pid is None else int(pid)
 
     @property
     def socket_dir(self) -> Optional[Path]:
-        return self._server.get_postmaster_info().socket_dir
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        return None if socket_dir is None else Path(socket_dir)
 
     def stop(self) -> None:
         if not self._stopped:
@@ -181,7 +183,7 @@ class EmbeddedPostgres:
     def __enter__(self) -> "EmbeddedPostgres":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -202,14 +204,14 @@ class DatabaseHandle:
     def __enter__(self) -> "DatabaseHandle":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"DatabaseHandle({mask_url(self.url)!r}, embedded={self.embedded is not None})"
 
 
-def open_database(url: str | None = None, data_dir: str | os.PathLike | None = None) -> DatabaseHandle:
+def open_database(url: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> DatabaseHandle:
     """``url``, else ``$DATABASE_URL``, else the embedded server (started or joined)."""
     url = url or os.environ.get(DATABASE_URL_ENV) or None
     if url:
@@ -221,7 +223,7 @@ def open_database(url: str | None = None, data_dir: str | os.PathLike | None = N
 _resolved: dict[Path, EmbeddedPostgres] = {}
 
 
-def resolve_database_url(url: str | None = None, data_dir: str | os.PathLike | None = None) -> str:
+def resolve_database_url(url: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> str:
     """The database URL to use; starts (or joins) the embedded server when none is configured.
 
     A server started here stays up until ``stop_embedded(data_dir)`` or the process exits. Prefer
@@ -246,7 +248,7 @@ def resolve_database_url(url: str | None = None, data_dir: str | os.PathLike | N
     return handle.url
 
 
-def stop_embedded(data_dir: str | os.PathLike | None = None) -> None:
+def stop_embedded(data_dir: str | os.PathLike[str] | None = None) -> None:
     """Release the server that ``resolve_database_url`` started for ``data_dir``."""
     pgdata = postgres_dir(data_dir).expanduser().resolve()
     with _registry_lock:

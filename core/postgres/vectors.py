@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 import psycopg
 
-from core.records import EmbeddingSettings, FailureRow, VectorRow, WriteResult
+from core.records import (MAX_VECTOR_DIMENSIONS, EmbeddingSettings, FailureRow, VectorRow, WriteResult, check_vector,
+                          stored_reason)
 
 __all__ = [
     "encode_embedding_copy",
@@ -32,14 +33,10 @@ __all__ = [
     "write_batch",
     "write_embeddings",
     "write_failures",
-    "check_vector",
-    "MAX_REASON_CHARS",
     "STAGE_TABLE",
 ]
 
 STAGE_TABLE = "_sections_embedding_stage"
-MAX_REASON_CHARS = 2000
-MAX_VECTOR_DIMENSIONS = 16000  # pgvector's limit for the vector type
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -98,21 +95,6 @@ on conflict (section_id, model_name) do update
        attempts = f.attempts + 1,
        last_attempt_at = excluded.last_attempt_at
 """
-
-
-def check_vector(vector: Any) -> tuple[np.ndarray | None, str | None]:
-    """The vector as a contiguous float32 1-D array, or the reason it cannot be stored."""
-    try:
-        array = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as error:
-        return None, f"not a vector: {error}"
-    if array.ndim != 1:
-        return None, f"vector must be 1-D, got shape {array.shape}"
-    if not 1 <= array.shape[0] <= MAX_VECTOR_DIMENSIONS:
-        return None, f"vector has {array.shape[0]} dimensions; pgvector stores 1 to {MAX_VECTOR_DIMENSIONS}"
-    if not np.isfinite(array).all():
-        return None, "vector contains NaN or infinity"
-    return array, None
 
 
 _vector_heads: dict[int, bytes] = {}
@@ -256,7 +238,7 @@ def write_failures(conn: psycopg.Connection[Any], model_name: str, failures: Ite
         return 0
     unique.sort(key=lambda f: f.section_id)
     ids = [f.section_id for f in unique]
-    reasons = [(f.reason or "failed")[:MAX_REASON_CHARS] for f in unique]
+    reasons = [stored_reason(f.reason) for f in unique]
     cur = conn.execute(_FAILURES_SQL, {"model": model_name, "ids": ids, "reasons": reasons})
     return cur.rowcount
 

@@ -143,7 +143,7 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load(path: Path, device: str):
+def _load(path: Path, device: str) -> Any:
     """The SentenceTransformer at ``path`` on ``device``, loaded on first use and then shared."""
     key = (str(path), device)
     with _LOAD_LOCK:
@@ -160,7 +160,7 @@ def _load(path: Path, device: str):
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as transformers_logging
 
-            transformers_logging.disable_progress_bar()  # its "Loading weights" bar would litter CLI output
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # its "Loading weights" bar would litter CLI output
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as error:
             raise LocalModelError(
@@ -178,9 +178,10 @@ def _load(path: Path, device: str):
         return model
 
 
-def _embedding_dimension(model) -> int | None:
+def _embedding_dimension(model: Any) -> int | None:
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return getter()
+    dimension = getter()
+    return None if dimension is None else int(dimension)
 
 
 # -- the model's own tokenizer ---------------------------------------------------------------------
@@ -194,17 +195,16 @@ class LocalTokenizer:
     so it is safe to call from several threads at once.
     """
 
-    def __init__(self, hf_tokenizer, window: int):
+    def __init__(self, hf_tokenizer: Any, window: int):
         self.window = window  # content tokens that fit the model (the window minus [CLS]/[SEP])
         backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        self._fast: Any = None  # None: a slow (Python) tokenizer, correct, only slower
         if backend is not None:
             from tokenizers import Tokenizer
 
             self._fast = Tokenizer.from_str(backend.to_str())
             self._fast.no_truncation()
             self._fast.no_padding()
-        else:  # a slow (Python) tokenizer: correct, only slower
-            self._fast = None
         self._slow = hf_tokenizer
 
     def count(self, text: str) -> int:

@@ -35,7 +35,7 @@ class HeaderTap:
     limiter while the SDK keeps its ordinary ``client.embeddings.create`` interface.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._callbacks: dict[str, Callable[[Mapping[str, str]], None]] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -106,7 +106,7 @@ class OpenAIProvider:
         except openai.APIError as error:
             raise classify(error) from None
         finally:
-            if request_id is not None:
+            if request_id is not None and self._tap is not None:
                 self._tap.discard(request_id)
         try:
             return Reply(self._match(response, len(texts)), _billed(response))
@@ -117,21 +117,22 @@ class OpenAIProvider:
         data = list(response.data or [])
         if len(data) != expected:
             raise TransientError(f"reply holds {len(data)} embeddings for {expected} inputs")
-        vectors: list[np.ndarray | None] = [None] * expected
+        slots: list[np.ndarray | None] = [None] * expected
         for item in data:
             index = item.index
-            if not isinstance(index, int) or not 0 <= index < expected or vectors[index] is not None:
+            if not isinstance(index, int) or not 0 <= index < expected or slots[index] is not None:
                 raise TransientError(f"reply has a missing, repeated or out-of-range index {index!r}")
             vector = _decode(item.embedding)
             if vector.ndim != 1 or vector.size == 0:
                 raise TransientError(f"reply item {index} is not a vector (shape {vector.shape})")
-            vectors[index] = vector
+            slots[index] = vector
+        vectors = [v for v in slots if v is not None]  # all of them: the count and indices were checked
         sizes = {v.shape[0] for v in vectors}
         if len(sizes) != 1 or (self.dimensions is not None and sizes != {self.dimensions}):
             raise TransientError(f"reply has vectors of sizes {sorted(sizes)}, expected {self.dimensions or 'one size'}")
         if not all(np.isfinite(v).all() for v in vectors):
             raise TransientError("reply has a vector with NaN or infinite values")
-        return vectors  # type: ignore[return-value]
+        return vectors
 
 
 def _decode(embedding: Any) -> np.ndarray:

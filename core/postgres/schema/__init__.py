@@ -12,6 +12,9 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+
+import psycopg
 
 __all__ = ["Migration", "migrations", "apply_migrations", "MIGRATION_LOCK_KEY"]
 
@@ -46,7 +49,7 @@ def migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(conn) -> list[str]:
+def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     """Apply the migrations this database lacks; returns the names applied (empty if none).
 
     ``conn`` is a psycopg 3 connection, idle (not inside a transaction).

@@ -1,0 +1,380 @@
+"""The contract every ``core.pipeline.backend.Backend`` must keep, run against each backend.
+
+``memory`` is ``test/memory_backend.MemoryBackend`` (what the pipeline tests run on), ``postgres``
+is ``PostgresBackend`` on a fresh embedded Postgres: passing the same suite is what makes the
+memory backend a faithful stand-in. The tests use the protocol only, plus a small probe per backend
+that reads stored vectors, failures and sections back.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from core.fingerprint import fingerprint
+from core.pipeline.backend import Backend
+from core.postgres.backend import PostgresBackend
+from core.postgres.database import Database
+from core.postgres.sections import get_section
+from core.postgres.vectors import read_embedding
+from core.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, VectorRow, check_vector
+from memory_backend import MemoryBackend
+
+SETTINGS = EmbeddingSettings("model-a", 4)
+OTHER = EmbeddingSettings("model-b", 4)
+
+
+@dataclass
+class Subject:
+    """A backend under test and how to read back what it stored."""
+
+    backend: Backend
+    vector: Callable[[str, str], np.ndarray | None]
+    failure: Callable[[str, str], tuple[str, int] | None]  # (reason, attempts)
+    section: Callable[[str], tuple[str, str, Any] | None]  # (title, content, metadata)
+
+
+def _memory() -> Subject:
+    backend = MemoryBackend()
+
+    def section(section_id):
+        stored = backend.sections.get(section_id)
+        return None if stored is None else (stored.title, stored.content, stored.metadata)
+
+    return Subject(backend, backend.vector, backend.failure, section)
+
+
+def _postgres(database: Database) -> Subject:
+    def vector(section_id, model):
+        with database.connection() as conn:
+            return read_embedding(conn, section_id, model)
+
+    def failure(section_id, model):
+        with database.connection() as conn:
+            row = conn.execute("select reason, attempts from embedding_failures where section_id = %s"
+                               " and model_name = %s", (section_id, model)).fetchone()
+        return None if row is None else tuple(row)
+
+    def section(section_id):
+        with database.connection() as conn:
+            stored = get_section(conn, section_id)
+        return None if stored is None else (stored["title"], stored["content"], stored["metadata"])
+
+    return Subject(PostgresBackend(database), vector, failure, section)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def subject(request):
+    if request.param == "memory":
+        yield _memory()
+        return
+    database = Database(request.getfixturevalue("database_url"), max_size=8)
+    try:
+        yield _postgres(database)
+    finally:
+        database.close()
+
+
+def _sections(n: int, prefix: str = "s") -> list[Section]:
+    return [Section(f"{prefix}{i}", f"Title {i}", f"content {i}") for i in range(n)]
+
+
+def _vec(seed: float, dims: int = 4) -> np.ndarray:
+    return np.arange(1, dims + 1, dtype=np.float32) * seed
+
+
+def _current(section: Section, settings: EmbeddingSettings = SETTINGS, seed: float = 1.0) -> VectorRow:
+    """A vector row stored as up to date for ``section`` under ``settings``."""
+    return VectorRow(section.id, _vec(seed), 3, fingerprint(section, settings))
+
+
+def _ids(claim) -> list[str]:
+    return [section.id for section in claim.sections]
+
+
+# -- upsert_sections ---------------------------------------------------------------------------------
+
+
+def test_upsert_counts_only_rows_inserted_or_changed(subject):
+    backend = subject.backend
+    rows = _sections(3)
+    assert backend.upsert_sections(rows) == 3
+    assert backend.upsert_sections(rows) == 0
+    edited = [Section("s0", "Title 0", "edited"), Section("s1", "New title", "content 1"), rows[2]]
+    assert backend.upsert_sections(edited) == 2
+    assert subject.section("s0") == ("Title 0", "edited", None)
+    assert subject.section("s1") == ("New title", "content 1", None)
+    assert backend.upsert_sections([Section("s2", "Title 2", "content 2", {"tag": 1})]) == 1
+    assert backend.upsert_sections([]) == 0
+
+
+def test_upsert_with_no_metadata_keeps_what_is_stored(subject):
+    backend = subject.backend
+    backend.upsert_sections([Section("a", "t", "c", {"k": [1, "two"]})])
+    assert backend.upsert_sections([Section("a", "t", "c")]) == 0
+    assert subject.section("a") == ("t", "c", {"k": [1, "two"]})
+    assert backend.upsert_sections([Section("a", "t", "changed")]) == 1
+    assert subject.section("a") == ("t", "changed", {"k": [1, "two"]})
+    assert backend.upsert_sections([Section("a", "t", "changed", {"k": 2})]) == 1
+    assert subject.section("a") == ("t", "changed", {"k": 2})
+
+
+def test_upsert_is_one_transaction(subject):
+    with pytest.raises((ValueError, psycopg.DataError)):
+        subject.backend.upsert_sections([Section("good", "t", "c"), Section("bad", "t", "nul \x00 byte")])
+    assert subject.section("good") is None and subject.section("bad") is None
+
+
+# -- write_batch and stored_hashes -------------------------------------------------------------------
+
+
+def test_write_batch_stores_vectors_and_their_fingerprints_per_model(subject):
+    backend = subject.backend
+    rows = _sections(3)
+    backend.upsert_sections(rows)
+    result = backend.write_batch(SETTINGS, [_current(rows[0]), VectorRow("s1", _vec(2), 1, None)], [])
+    assert (result.written, result.recorded, result.missing, result.rejected) == (2, 0, [], [])
+    assert np.array_equal(subject.vector("s0", "model-a"), _vec(1))
+    assert subject.vector("s0", "model-b") is None and subject.vector("s2", "model-a") is None
+    # a vector stored without a fingerprint has none to report; other models and ids have nothing
+    assert backend.stored_hashes("model-a", ["s0", "s1", "s2", "nope"]) == {"s0": fingerprint(rows[0], SETTINGS)}
+    assert backend.stored_hashes("model-b", ["s0", "s1"]) == {}
+    assert backend.stored_hashes("model-a", []) == {}
+
+
+def test_write_batch_last_row_per_id_wins_and_rewrites_replace(subject):
+    backend = subject.backend
+    rows = _sections(2)
+    backend.upsert_sections(rows)
+    result = backend.write_batch(SETTINGS, [VectorRow("s0", _vec(1), 1, b"\x01" * 16),
+                                            VectorRow("s1", _vec(5), 1, None),
+                                            VectorRow("s0", _vec(2, dims=6), 1, b"\x02" * 16)], [])
+    assert result.written == 2
+    assert np.array_equal(subject.vector("s0", "model-a"), _vec(2, dims=6))
+    assert backend.stored_hashes("model-a", ["s0"]) == {"s0": b"\x02" * 16}
+    backend.write_batch(SETTINGS, [VectorRow("s0", [0.5, 0.25], 1, b"\x03" * 16)], [])  # any sequence of numbers
+    stored = subject.vector("s0", "model-a")
+    assert stored.dtype == np.float32 and np.array_equal(stored, np.array([0.5, 0.25], dtype=np.float32))
+    assert backend.stored_hashes("model-a", ["s0"]) == {"s0": b"\x03" * 16}
+
+
+BAD_VECTORS = {
+    "nan": np.array([1.0, np.nan, 0.0], dtype=np.float32),
+    "inf": [1.0, float("inf")],
+    "empty": [],
+    "matrix": np.ones((2, 2)),
+    "too-wide": np.ones(16001, dtype=np.float32),
+    "junk": "not a vector",
+}
+
+
+def test_vectors_that_cannot_be_stored_are_rejected_as_failures(subject):
+    backend = subject.backend
+    backend.upsert_sections([Section(section_id, "", "c") for section_id in [*BAD_VECTORS, "fine"]])
+    successes = [VectorRow(section_id, vector, 1, None) for section_id, vector in BAD_VECTORS.items()]
+    result = backend.write_batch(SETTINGS, [*successes, VectorRow("fine", _vec(1), 1, None)], [])
+    assert result.written == 1 and result.missing == []
+    assert sorted(result.rejected) == sorted(FailureRow(i, check_vector(v)[1]) for i, v in BAD_VECTORS.items())
+    assert result.recorded == len(BAD_VECTORS)
+    for section_id, vector in BAD_VECTORS.items():
+        assert subject.vector(section_id, "model-a") is None
+        assert subject.failure(section_id, "model-a") == (check_vector(vector)[1], 1)
+    assert subject.failure("fine", "model-a") is None
+
+
+def test_sections_that_do_not_exist_are_missing_and_nothing_is_written_for_them(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(1))
+    result = backend.write_batch(SETTINGS, [VectorRow("ghost", _vec(1), 1, None), VectorRow("s0", _vec(1), 1, None),
+                                            VectorRow("phantom", _vec(2), 1, None)],
+                                 [FailureRow("spirit", "failed too")])
+    assert sorted(result.missing) == ["ghost", "phantom"]
+    assert (result.written, result.recorded, result.rejected) == (1, 0, [])
+    for section_id in ("ghost", "phantom", "spirit"):
+        assert subject.vector(section_id, "model-a") is None and subject.failure(section_id, "model-a") is None
+    assert backend.stored_hashes("model-a", ["ghost", "phantom"]) == {}
+    # a batch of nothing but missing sections
+    assert backend.write_batch(SETTINGS, [VectorRow("ghost", _vec(1), 1, None)], []).missing == ["ghost"]
+
+
+def test_failures_count_attempts_per_model_and_a_success_clears_them(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(2))
+    assert backend.write_batch(SETTINGS, [], [FailureRow("s0", "timeout")]).recorded == 1
+    backend.write_batch(SETTINGS, [], [FailureRow("s0", "rate limited"), FailureRow("s1", "bad")])
+    backend.write_batch(OTHER, [], [FailureRow("s0", "other model")])
+    assert subject.failure("s0", "model-a") == ("rate limited", 2)
+    assert subject.failure("s1", "model-a") == ("bad", 1)
+    result = backend.write_batch(SETTINGS, [VectorRow("s0", _vec(1), 1, None)], [])
+    assert result.written == 1 and result.recorded == 0
+    assert subject.failure("s0", "model-a") is None
+    assert subject.failure("s0", "model-b") == ("other model", 1)  # only this model's failure is cleared
+    assert subject.failure("s1", "model-a") == ("bad", 1)
+
+
+def test_failures_last_row_per_id_wins_and_reasons_are_bounded(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(2))
+    result = backend.write_batch(SETTINGS, [], [FailureRow("s0", "first"), FailureRow("s1", ""),
+                                                FailureRow("s0", "x" * (MAX_REASON_CHARS + 50))])
+    assert result.recorded == 2
+    assert subject.failure("s0", "model-a") == ("x" * MAX_REASON_CHARS, 1)
+    assert subject.failure("s1", "model-a") == ("failed", 1)
+
+
+def test_a_reason_postgres_text_cannot_hold_is_stored_cleaned_and_the_batch_goes_through(subject):
+    """Reasons are free text from providers: a NUL or a lone surrogate must not undo a paid batch."""
+    backend = subject.backend
+    backend.upsert_sections(_sections(2))
+    result = backend.write_batch(SETTINGS, [VectorRow("s0", _vec(1), 1, None)],
+                                 [FailureRow("s1", "bad\x00byte and \ud800 half")])
+    assert (result.written, result.recorded) == (1, 1)
+    assert subject.failure("s1", "model-a") == ("bad\ufffdbyte and \ufffd half", 1)
+    assert np.array_equal(subject.vector("s0", "model-a"), _vec(1))
+
+
+def test_a_section_that_succeeded_and_failed_in_one_batch_counts_as_succeeded(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(2))
+    backend.write_batch(SETTINGS, [], [FailureRow("s0", "earlier")])
+    result = backend.write_batch(SETTINGS, [VectorRow("s0", _vec(1), 1, None)],
+                                 [FailureRow("s0", "late duplicate"), FailureRow("s1", "real")])
+    assert (result.written, result.recorded) == (1, 1)
+    assert subject.failure("s0", "model-a") is None and np.array_equal(subject.vector("s0", "model-a"), _vec(1))
+    # ... unless its vector was rejected: then the failure stands, with the rejection last
+    result = backend.write_batch(SETTINGS, [VectorRow("s1", [np.nan], 1, None)], [FailureRow("s1", "also")])
+    assert result.recorded == 1 and subject.failure("s1", "model-a") == (check_vector([np.nan])[1], 2)
+
+
+# -- claim_due ---------------------------------------------------------------------------------------
+
+
+def test_due_is_a_missing_vector_or_a_fingerprint_that_differs(subject):
+    backend = subject.backend
+    rows = [Section("a-current", "T", "c"), Section("b-stale", "T", "c"), Section("c-no-hash", "T", "c"),
+            Section("d-other-model", "T", "c"), Section("e-missing", "", "c"), Section("f-blank", "", "  ")]
+    backend.upsert_sections(rows)
+    backend.write_batch(SETTINGS, [_current(rows[0]), VectorRow("b-stale", _vec(1), 1, b"\x00" * 16),
+                                   VectorRow("c-no-hash", _vec(1), 1, None)], [])
+    backend.write_batch(OTHER, [_current(rows[3], OTHER)], [])
+    with backend.claim_due(SETTINGS, None, 100) as claim:
+        assert _ids(claim) == ["b-stale", "c-no-hash", "d-other-model", "e-missing", "f-blank"]
+        assert claim.claimed == 5 and claim.last_id == "f-blank"
+        assert claim.sections[0] == Section("b-stale", "T", "c")
+    # the same vector under other settings (the requested dimensions here) is out of date
+    with backend.claim_due(EmbeddingSettings("model-a", 8), None, 100) as claim:
+        assert "a-current" in _ids(claim)
+    # editing a section makes it due again
+    backend.upsert_sections([Section("a-current", "T", "edited")])
+    with backend.claim_due(SETTINGS, None, 1) as claim:
+        assert _ids(claim) == ["a-current"]
+
+
+def test_claims_walk_the_ids_in_order_after_a_point_up_to_a_limit(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(6)[::-1])
+    with backend.claim_due(SETTINGS, None, 2) as claim:
+        assert _ids(claim) == ["s0", "s1"] and claim.claimed == 2 and claim.last_id == "s1"
+    with backend.claim_due(SETTINGS, "s1", 3) as claim:
+        assert _ids(claim) == ["s2", "s3", "s4"] and claim.last_id == "s4"
+    with backend.claim_due(SETTINGS, "s3x", 10) as claim:  # ``after`` need not be an id
+        assert _ids(claim) == ["s4", "s5"]
+    with backend.claim_due(SETTINGS, "s5", 10) as claim:
+        assert claim is None
+
+
+def test_claim_due_is_none_when_nothing_is_due(subject):
+    backend = subject.backend
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert claim is None  # no sections at all
+    rows = _sections(3)
+    backend.upsert_sections(rows)
+    backend.write_batch(SETTINGS, [_current(row) for row in rows], [])
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert claim is None
+
+
+def test_two_open_claims_never_overlap(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(8))
+    with ExitStack() as stack:
+        first = stack.enter_context(backend.claim_due(SETTINGS, None, 3))
+        second = stack.enter_context(backend.claim_due(SETTINGS, None, 3))
+        third = stack.enter_context(backend.claim_due(SETTINGS, None, 10))
+        assert _ids(first) == ["s0", "s1", "s2"]
+        assert _ids(second) == ["s3", "s4", "s5"] and second.claimed == 3
+        assert _ids(third) == ["s6", "s7"]
+        assert stack.enter_context(backend.claim_due(SETTINGS, None, 10)) is None  # everything is held
+    # the claims ended without writing: their sections are due and free again
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert claim.claimed == 8
+
+
+def test_claim_writes_are_committed_when_it_ends(subject):
+    backend = subject.backend
+    rows = _sections(3)
+    backend.upsert_sections(rows)
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        result = claim.write([_current(rows[0]), VectorRow("ghost", _vec(1), 1, None),
+                              VectorRow("s1", [np.inf], 1, None)], [FailureRow("s2", "poison")])
+        assert (result.written, result.missing, result.recorded) == (1, ["ghost"], 2)
+        assert result.rejected == [FailureRow("s1", check_vector([np.inf])[1])]
+        assert claim.write([_current(rows[1], seed=3)], []).written == 1  # a second write in the same claim
+        # not visible to anyone else until the claim ends
+        assert subject.vector("s0", "model-a") is None and subject.failure("s2", "model-a") is None
+        assert backend.stored_hashes("model-a", ["s0"]) == {}
+    assert np.array_equal(subject.vector("s0", "model-a"), _vec(1))
+    assert np.array_equal(subject.vector("s1", "model-a"), _vec(3))
+    assert subject.failure("s1", "model-a") is None  # its rejection was cleared by the later success
+    assert subject.failure("s2", "model-a") == ("poison", 1)
+    assert backend.stored_hashes("model-a", ["s0", "s1"]) == {"s0": fingerprint(rows[0], SETTINGS),
+                                                              "s1": fingerprint(rows[1], SETTINGS)}
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert _ids(claim) == ["s2"]  # the failed section is still due; the others are done
+
+
+def test_a_claim_that_raises_writes_nothing_and_releases_its_sections(subject):
+    backend = subject.backend
+    rows = _sections(3)
+    backend.upsert_sections(rows)
+    backend.write_batch(SETTINGS, [], [FailureRow("s1", "before")])
+    with pytest.raises(RuntimeError, match="worker died"):
+        with backend.claim_due(SETTINGS, None, 10) as claim:
+            claim.write([_current(rows[0])], [FailureRow("s1", "during"), FailureRow("s2", "during")])
+            raise RuntimeError("worker died")
+    assert subject.vector("s0", "model-a") is None
+    assert subject.failure("s1", "model-a") == ("before", 1) and subject.failure("s2", "model-a") is None
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert _ids(claim) == ["s0", "s1", "s2"]
+
+
+def test_claims_from_many_threads_share_the_work_without_overlap(subject):
+    backend = subject.backend
+    rows = _sections(60)
+    backend.upsert_sections(rows)
+    by_id = {row.id: row for row in rows}
+    seen: list[str] = []
+    start = threading.Barrier(4)
+
+    def worker(_):
+        start.wait(timeout=10)
+        after = None
+        while True:
+            with backend.claim_due(SETTINGS, after, 5) as claim:
+                if claim is None:
+                    return
+                after = claim.last_id
+                seen.extend(_ids(claim))
+                claim.write([_current(by_id[section_id]) for section_id in _ids(claim)], [])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(worker, range(4)))  # re-raises what a worker raised
+    assert sorted(seen) == sorted(by_id)  # each section claimed (and embedded) exactly once
+    assert len(backend.stored_hashes("model-a", list(by_id))) == 60
