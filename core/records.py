@@ -56,6 +56,7 @@ class Section:
     content: str
     metadata: Any = field(default=None, hash=False)
     location: str = field(default="", compare=False)
+    from_document: bool = field(default=False, compare=False, hash=False)  # read from a document file
 
 
 class Rejected(NamedTuple):

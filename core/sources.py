@@ -8,8 +8,13 @@ second pass. Memory therefore stays flat however large the inputs are; the one e
 
 Formats: JSONL (`.jsonl`, `.ndjson`, and stdin), JSON (`.json`: an array of sections or an object
 with a `sections` array), CSV (`.csv` with columns id, title, content; other columns become
-metadata), Markdown (`.md`, `.markdown`: one section per ATX heading) and plain text (`.txt`,
-`.rst`: one section per file). Folders are searched recursively, skipping hidden entries.
+metadata), Markdown and MDX (`.md`, `.markdown`, `.mdx`: one section per heading, read by
+core.markdown), reStructuredText (`.rst`: one section per underlined title) and plain text (`.txt`:
+one section per file). Folders are searched recursively, skipping hidden entries; files of other
+types found there are counted by extension, not read.
+
+Sections read from document files carry metadata `source` (the relative path), `headings` (the
+titles above it and its own) and `line`, plus the Markdown front matter's fields.
 """
 from __future__ import annotations
 
@@ -22,11 +27,13 @@ import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from core.markdown import Document, DocumentError, Part, build_sections, read_markdown
 from core.records import Section, section_problem
 
 __all__ = ["Section", "SectionSource", "SourceError", "SourceProblem", "open_sources"]
@@ -37,6 +44,9 @@ MAX_KEPT_PROBLEMS = 1000
 MAX_SHOWN_PROBLEMS = 20
 """Problems listed in a SourceError's message; more would bury the first ones on a terminal."""
 
+MAX_KEPT_UNREAD = 1000
+"""Paths of unread files kept for a verbose listing; the rest are only counted."""
+
 _KINDS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -44,8 +54,9 @@ _KINDS = {
     ".csv": "csv",
     ".md": "markdown",
     ".markdown": "markdown",
+    ".mdx": "mdx",
     ".txt": "text",
-    ".rst": "text",
+    ".rst": "rst",
 }
 _STDIN_NAME = "<stdin>"
 _RECORD_FIELDS = ("id", "title", "content", "metadata")
@@ -86,7 +97,10 @@ class SectionSource:
     """Validated inputs: iterate to stream Section objects (the second pass).
 
     Every iteration re-reads the inputs, so it can be iterated more than once and holds no
-    sections in memory. Built by `open_sources`.
+    sections in memory. Built by `open_sources`. Besides the sections and problems, what was left
+    out without being wrong: `skipped` (reason -> sections, e.g. "no text after cleaning"),
+    `unread` (extension -> files of other types in the folders, "" for none) and `unread_paths`
+    (the first MAX_KEPT_UNREAD of those files).
     """
 
     def __init__(
@@ -97,10 +111,16 @@ class SectionSource:
         problems: list[SourceProblem],
         problem_count: int,
         skip_invalid: bool,
+        skipped: Counter[str] | None = None,
+        unread: Counter[str] | None = None,
+        unread_paths: list[str] | None = None,
     ):
         self.count = count
         self.problems = problems
         self.problem_count = problem_count
+        self.skipped: Counter[str] = skipped if skipped is not None else Counter()
+        self.unread: Counter[str] = unread if unread is not None else Counter()
+        self.unread_paths: list[str] = unread_paths if unread_paths is not None else []
         self._inputs = inputs
         self._skip_invalid = skip_invalid
 
@@ -109,7 +129,7 @@ class SectionSource:
         for item in _checked(self._inputs):
             if isinstance(item, Section):
                 yield item
-            elif not self._skip_invalid:
+            elif isinstance(item, SourceProblem) and not self._skip_invalid:
                 changed = f"{item.message} (the input changed after it was validated)"
                 raise SourceError([SourceProblem(item.path, item.line, changed)])
 
@@ -159,6 +179,23 @@ class _Input:
     rel: str
 
 
+@dataclass(frozen=True)
+class _Skipped:
+    """A section a reader left out on purpose (not an error), and why."""
+
+    reason: str
+
+
+@dataclass
+class _Listing:
+    """The files to read, and what listing the folders found: problems and files of other types."""
+
+    inputs: list[_Input]
+    problems: list[SourceProblem]
+    unread: Counter[str]
+    unread_paths: list[str]
+
+
 class _Problems:
     """Keeps the first MAX_KEPT_PROBLEMS problems and counts all of them."""
 
@@ -174,23 +211,27 @@ class _Problems:
 
 def _validate(names: list[str], stdin_copy: str | None, skip_invalid: bool) -> SectionSource:
     """The first pass: count the valid sections and collect the problems, keeping no sections."""
-    inputs, found_while_listing = _list_inputs(names, stdin_copy)
+    listing = _list_inputs(names, stdin_copy)
     problems = _Problems()
-    for problem in found_while_listing:
+    for problem in listing.problems:
         problems.add(problem)
     count = 0
-    for item in _checked(inputs):
+    skipped: Counter[str] = Counter()
+    for item in _checked(listing.inputs):
         if isinstance(item, Section):
             count += 1
+        elif isinstance(item, _Skipped):
+            skipped[item.reason] += 1
         else:
             problems.add(item)
     if problems.count and not skip_invalid:
         raise SourceError(problems.kept, problems.count)
-    return SectionSource(inputs, count=count, problems=problems.kept,
-                         problem_count=problems.count, skip_invalid=skip_invalid)
+    return SectionSource(listing.inputs, count=count, problems=problems.kept, problem_count=problems.count,
+                         skip_invalid=skip_invalid, skipped=skipped, unread=listing.unread,
+                         unread_paths=listing.unread_paths)
 
 
-def _checked(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:
+def _checked(inputs: list[_Input]) -> Iterator[Section | SourceProblem | _Skipped]:
     """Every section and problem of every input, in order, with repeated ids turned into problems.
 
     Both passes run this same function, so they agree exactly on which sections are valid.
@@ -215,7 +256,7 @@ def _unstorable(section: Section) -> str | None:
     return None if problem is None else f"section {section.id!r}: {problem}"
 
 
-def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:
+def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem | _Skipped]:
     """Read each input with the reader for its kind, turning I/O and encoding failures into problems."""
     for source in inputs:
         try:
@@ -230,36 +271,42 @@ def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem]:
 # --- finding the files ------------------------------------------------------------------------
 
 
-def _list_inputs(names: list[str], stdin_copy: str | None) -> tuple[list[_Input], list[SourceProblem]]:
+def _list_inputs(names: list[str], stdin_copy: str | None) -> _Listing:
     """Expand the paths the user gave into files, once, so both passes read the same list."""
-    inputs: list[_Input] = []
-    problems: list[SourceProblem] = []
+    listing = _Listing([], [], Counter(), [])
     for name in names:
         if name == "-":
-            inputs.append(_Input(_STDIN_NAME, stdin_copy, "jsonl", name))
+            listing.inputs.append(_Input(_STDIN_NAME, stdin_copy, "jsonl", name))
         elif os.path.isdir(name):
-            _walk(name, inputs, problems)
+            _walk(name, listing)
         elif kind := _KINDS.get(os.path.splitext(name)[1].lower()):
-            inputs.append(_Input(name, name, kind, os.path.basename(name)))
+            listing.inputs.append(_Input(name, name, kind, os.path.basename(name)))
         else:
             expected = ", ".join(_KINDS)
-            problems.append(SourceProblem(name, None, f"unsupported file type (expected {expected})"))
-    return inputs, problems
+            listing.problems.append(SourceProblem(name, None, f"unsupported file type (expected {expected})"))
+    return listing
 
 
-def _walk(root: str, inputs: list[_Input], problems: list[SourceProblem]) -> None:
-    """Add the supported files under `root`, sorted so ids and order are the same on every run."""
+def _walk(root: str, listing: _Listing) -> None:
+    """Add the supported files under `root`, sorted so ids and order are the same on every run;
+    count the others by extension (hidden files and folders are neither read nor counted)."""
 
     def report(error: OSError) -> None:
-        problems.append(SourceProblem(error.filename or root, None, f"cannot read folder: {error.strerror}"))
+        listing.problems.append(SourceProblem(error.filename or root, None, f"cannot read folder: {error.strerror}"))
 
     for folder, subfolders, files in os.walk(root, onerror=report):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(files):
             path = os.path.join(folder, name)
-            kind = _KINDS.get(os.path.splitext(name)[1].lower())
-            if kind and not name.startswith(".") and os.path.isfile(path):
-                inputs.append(_Input(path, path, kind, Path(os.path.relpath(path, root)).as_posix()))
+            if name.startswith(".") or not os.path.isfile(path):
+                continue
+            extension = os.path.splitext(name)[1].lower()
+            if kind := _KINDS.get(extension):
+                listing.inputs.append(_Input(path, path, kind, Path(os.path.relpath(path, root)).as_posix()))
+            else:
+                listing.unread[extension] += 1
+                if len(listing.unread_paths) < MAX_KEPT_UNREAD:
+                    listing.unread_paths.append(path)
 
 
 def _spool(stream: TextIO | None) -> str:
@@ -552,72 +599,103 @@ def _as_id(value: object) -> str | None:
     return None
 
 
-# --- documents (Markdown, text) ---------------------------------------------------------------
+# --- documents (Markdown, MDX, reST, text) -----------------------------------------------------
 
-_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_NOT_SLUG = re.compile(r"[\W_]+")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
+_RST_ADORNMENT = re.compile(r"([!-/:-@\[-`{-~])\1+[ \t]*$")  # one punctuation character, repeated
+_DOCUMENT_KEYS = ("source", "headings", "line")
 
 
-def _read_markdown(source: _Input, file: BinaryIO) -> Iterator[Section]:
-    """One section per ATX heading, holding the text up to the next heading of any level.
+def _read_markdown(source: _Input, file: BinaryIO) -> Iterator[Section | SourceProblem | _Skipped]:
+    """Markdown and MDX, by core.markdown: one section per heading that has text under it.
 
-    Ids are the file's relative path + '#' + the heading's slug, numbered when a slug repeats, so
-    they are the same on every run. Text before the first heading is a section titled by the file
-    stem. Headings with no text under them are left out: they only structure the document.
+    Ids are the file's relative path + '#' + the heading path (`guide.md#install/linux`); the text
+    before the first heading is the relative path alone, titled by the front matter's title or the
+    file stem. Invalid front matter is a problem of the file, which is then not read.
     """
-    used_slugs: set[str] = set()
-    title, section_id, start, body = Path(source.rel).stem, source.rel, 1, []
-    fence = ""
-    for number, line in enumerate(_lines(file), 1):
-        line = line.rstrip("\r\n")
-        if fence:
-            if _closes_fence(line, fence):
-                fence = ""
-        elif opening := _FENCE.match(line):
-            fence = opening[1]
-        elif heading := _HEADING.match(line):
-            yield from _document_section(source, section_id, title, "\n".join(body), start)
-            title = (heading[2] or "").strip()
-            section_id = f"{source.rel}#{_unique_slug(title, used_slugs)}"
-            start, body = number, []
+    text = "".join(_lines(file))
+    try:
+        document = read_markdown(text, title=Path(source.rel).stem, mdx=source.kind == "mdx")
+    except DocumentError as error:
+        yield SourceProblem(source.name, error.line, error.message)
+        return
+    yield from _document_sections(source, document)
+
+
+def _read_rst(source: _Input, file: BinaryIO) -> Iterator[Section | _Skipped]:
+    """reStructuredText: one section per section title (a line underlined, or over- and underlined,
+    by one repeated punctuation character at least as long as the title). Levels follow the order
+    in which adornment styles first appear, as in docutils; the text is kept as written."""
+    lines = "".join(_lines(file)).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    styles: list[tuple[str, bool]] = []
+    titles: list[tuple[int, int, int, str]] = []  # first line, line after, level, title
+    index = 0
+    while index < len(lines):
+        found = _rst_title(lines, index)
+        if found is None:
+            index += 1
             continue
-        body.append(line)
-    yield from _document_section(source, section_id, title, "\n".join(body), start)
+        style, title, after = found
+        if style not in styles:
+            styles.append(style)
+        titles.append((index, after, styles.index(style) + 1, title))
+        index = after
+    ends = [start for start, _, _, _ in titles] + [len(lines)]
+    parts = [_plain_part(lines, 0, Path(source.rel).stem, 0, ends[0])]
+    parts += [_plain_part(lines, level, title, start, end, body)
+              for (start, body, level, title), end in zip(titles, ends[1:])]
+    yield from _document_sections(source, build_sections(parts, Document({})))
 
 
-def _closes_fence(line: str, fence: str) -> bool:
-    """A fence closes with the same character, at least as long, and nothing after it."""
-    closing = _FENCE.match(line)
-    return bool(closing and closing[1][0] == fence[0] and len(closing[1]) >= len(fence)
-                and not line[closing.end():].strip())
+def _rst_title(lines: list[str], index: int) -> tuple[tuple[str, bool], str, int] | None:
+    """((adornment character, overlined), title, line after it) for a title starting at `index`."""
+    if index and lines[index - 1].strip():
+        return None  # a title follows a blank line (or starts the file)
+    over = _RST_ADORNMENT.match(lines[index])
+    if over and index + 2 < len(lines):
+        title, under = lines[index + 1].strip(), _RST_ADORNMENT.match(lines[index + 2])
+        if title and under and under[1] == over[1] and len(lines[index + 2].rstrip()) >= len(title):
+            return (over[1], True), title, index + 3
+    if over or index + 1 >= len(lines) or not lines[index].strip() or lines[index][0].isspace():
+        return None
+    under = _RST_ADORNMENT.match(lines[index + 1])
+    title = lines[index].rstrip()
+    if under and len(lines[index + 1].rstrip()) >= len(title):
+        return (under[1], False), title, index + 2
+    return None
 
 
-def _unique_slug(title: str, used: set[str]) -> str:
-    """Lowercase letters, digits and hyphens; '-2', '-3'... for a slug already used in the file."""
-    base = _NOT_SLUG.sub("-", title.lower()).strip("-") or "section"
-    slug, number = base, 1
-    while slug in used:
-        number += 1
-        slug = f"{base}-{number}"
-    used.add(slug)
-    return slug
+def _plain_part(lines: list[str], level: int, title: str, start: int, end: int, body: int | None = None) -> Part:
+    """A part whose text is kept as written: lines[body:end] (body defaults to start)."""
+    chunk = lines[start if body is None else body:end]
+    content = _LEADING_BLANK_LINES.sub("", "\n".join(chunk)).rstrip()
+    first = next((n for n in range(start, end) if lines[n].strip()), start)
+    return Part(level, title, None, (start if level else first) + 1, content, bool(content))
 
 
 def _read_text(source: _Input, file: BinaryIO) -> Iterator[Section]:
     """The whole file is one section, id'd by its relative path and titled by its stem."""
-    text = "".join(_lines(file))
-    yield from _document_section(source, source.rel, Path(source.rel).stem, text, 1)
-
-
-def _document_section(
-    source: _Input, section_id: str, title: str, text: str, line: int
-) -> Iterator[Section]:
-    """The section for a run of document text, without surrounding blank lines; none if blank."""
-    content = _LEADING_BLANK_LINES.sub("", text).rstrip()
+    content = _LEADING_BLANK_LINES.sub("", "".join(_lines(file))).rstrip()
     if content:
-        yield Section(section_id, title, content, {}, f"{source.name}:{line}")
+        yield _document_section(source, source.rel, Path(source.rel).stem, content, 1, (), {})
+
+
+def _document_sections(source: _Input, document: Document) -> Iterator[Section | _Skipped]:
+    """The sections (and skips) of a document read by core.markdown's rules, as records."""
+    for section in document.sections:
+        section_id = f"{source.rel}#{section.path}" if section.path else source.rel
+        yield _document_section(source, section_id, section.title, section.content, section.line,
+                                section.headings, document.metadata)
+    for skip in document.skipped:
+        yield _Skipped(skip.reason)
+
+
+def _document_section(source: _Input, section_id: str, title: str, content: str, line: int,
+                      headings: Iterable[str], front_matter: dict) -> Section:
+    """A section read from a document file: where it came from, and the front matter's fields."""
+    metadata = {key: value for key, value in front_matter.items() if key not in _DOCUMENT_KEYS}
+    metadata.update(source=source.rel, headings=list(headings), line=line)
+    return Section(section_id, title, content, metadata, f"{source.name}:{line}", from_document=True)
 
 
 _READERS = {
@@ -625,5 +703,7 @@ _READERS = {
     "json": _read_json,
     "csv": _read_csv,
     "markdown": _read_markdown,
+    "mdx": _read_markdown,
+    "rst": _read_rst,
     "text": _read_text,
 }

@@ -256,24 +256,25 @@ class SupabaseStore:
                     continue
             self.build_index(model, dimensions=dims)
 
-    def search_by_vector(self, vector: Any, model_name: str, k: int = 10) -> list[pg_search.Hit]:
-        """The ``k`` sections nearest to ``vector`` (cosine) among ``model_name``'s embeddings.
+    def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *,
+                         group: bool = True) -> list[pg_search.Hit]:
+        """The ``k`` sections nearest to ``vector`` (cosine) among ``model_name``'s embeddings:
+        ``[{id, title, score, snippet, metadata, parent}]``, best first; ``group``: one per parent.
 
-        Uses the model's HNSW index when it exists (``hnsw.ef_search`` is raised to ``k``, so up to
-        1000 results), else an exact scan.
+        Uses the model's HNSW index when it exists (up to 1000 results), else an exact scan.
         """
         _check_model(model_name)
         if int(k) < 1:
             return []
         array = _query_vector(vector)
         with self.connection() as conn:
-            return pg_search.nearest(conn, array, model_name, int(k))
+            return pg_search.nearest(conn, array, model_name, int(k), group)
 
-    def search(self, query: str, embedding_service: Embedder, k: int = 10) -> list[pg_search.Hit]:
-        """Embed ``query`` with ``embedding_service`` and return the ``k`` nearest sections:
-        ``[{id, title, score (cosine similarity), snippet}]``, best first."""
+    def search(self, query: str, embedding_service: Embedder, k: int = 10, *,
+               group: bool = True) -> list[pg_search.Hit]:
+        """Embed ``query`` with ``embedding_service``; the ``k`` nearest sections, as ``search_by_vector``."""
         vector = embedding_service.generate_embedding(query)
-        return self.search_by_vector(vector, embedding_service.settings.model, k)
+        return self.search_by_vector(vector, embedding_service.settings.model, k, group=group)
 
     def match_sections(self, query_embedding: Any, match_count: int = 10,
                        model_name: str | None = None) -> list[pg_search.Match]:

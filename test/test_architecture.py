@@ -38,7 +38,10 @@ ALLOWED: dict[str, set[str]] = {
     "core.postgres": {"core.postgres", "core.records", "core.redact"},
     "core.embedding_service": ENGINE | {"core.cache", "core.dispatch", "core.providers"},
     "core.supabase_store": {"core.pipeline", "core.postgres", "core.records", "core.fingerprint", "core.tokens"},
-    "core.sources": {"core.records"},
+    "core.markdown": {"core.records"},
+    "core.chunking": {"core.records", "core.fingerprint", "core.tokens"},
+    "core.console": {"core.errors", "core.redact", "core.usage"},
+    "core.sources": {"core.records", "core.markdown"},
     "core.sample_corpus": {"core.tokens"},
     "core.simulator": LEAVES,
     "core.cli": {"core"},  # the top: it may use anything

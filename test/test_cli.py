@@ -64,7 +64,7 @@ def test_every_source_format(sim, database_url, db, tmp_path):
                  *common(sim, database_url), "--json")
     assert result.exit_code == 0, result.output
     ids = {r[0] for r in db.execute("select id from sections")}
-    assert ids == {"j1", "c1", "guide.md#install", "guide.md#use", "notes.txt"}
+    assert ids == {"j1", "c1", "guide.md#install", "guide.md#install/use", "notes.txt"}
     assert db.execute("select metadata->>'lang' from sections where id = 'c1'").fetchone()[0] == "en"
     assert db.execute("select count(*) from section_embeddings").fetchone()[0] == 5
 
@@ -198,3 +198,53 @@ def test_demo_with_the_local_model_finds_the_right_topics(database_url):
         for query, topic in DEMO_QUERIES.items():
             top = store.search(query, service, k=1)[0]
             assert top["id"].startswith(f"pydoc/{topic}#"), (query, top["id"])
+
+
+def _long_markdown(paragraphs: int = 40) -> str:
+    body = "\n\n".join(" ".join(f"Paragraph {p} sentence {s} is about subject number {p}." for s in range(6))
+                       for p in range(paragraphs))
+    return f"# Guide\n\nA short intro.\n\n## Long part\n\n{body}\n"
+
+
+def test_long_document_sections_are_chunked_and_search_groups_them(sim, database_url, db, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text(_long_markdown(), encoding="utf-8")
+    (docs / "logo.png").write_bytes(b"\x89PNG")
+    command = [sys.executable, "-m", "core.cli", "ingest", str(docs), *common(sim, database_url),
+               "--chunk-tokens", "200", "--chunk-overlap", "20", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["read"] == 2 and summary["chunks"] > 10 and summary["embedded"] == summary["chunks"]
+    assert summary["files_not_read"] == {".png": 1}
+    ids = [r[0] for r in db.execute("select id from sections order by id")]
+    chunks = [i for i in ids if "~" in i]
+    assert len(chunks) == summary["chunks"] - 1 and all(i.startswith("guide.md") for i in ids)
+    parent = chunks[0].rsplit("~", 1)[0]
+    assert parent not in ids  # the long section is stored as its chunks only
+    assert db.execute("select metadata->>'parent', (metadata->>'chunks')::int from sections where id = %s",
+                      (chunks[0],)).fetchone() == (parent, len(chunks))
+
+    # the simulator's vectors carry no meaning: ask for more hits than rows, so grouping sees them all
+    query = ["search", "subject number 7 and subject number 8", "-k", "10", "--json", *common(sim, database_url)]
+    grouped = json.loads(subprocess.run([sys.executable, "-m", "core.cli", *query], capture_output=True,
+                                        text=True, timeout=120).stdout)
+    everything = json.loads(subprocess.run([sys.executable, "-m", "core.cli", *query, "--no-group"],
+                                           capture_output=True, text=True, timeout=120).stdout)
+    keys = [hit["parent"]["id"] if hit["parent"] else hit["id"] for hit in grouped]
+    assert len(keys) == len(set(keys)) == 2  # one hit per section: the long one and the intro
+    assert len(everything) == 10 and sum(hit["parent"] is not None for hit in everything) >= 9
+    chunk_hit = next(hit for hit in grouped if hit["parent"])
+    assert chunk_hit["parent"] == {"id": parent, "title": "Long part"}
+    assert chunk_hit["metadata"]["source"] == "guide.md" and "chunk" in chunk_hit["metadata"]
+
+
+def test_a_folder_with_nothing_readable_exits_1_and_says_why(sim, database_url, tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    (tmp_path / "b.yml").write_text("x: 1\n")
+    done = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(tmp_path), *common(sim, database_url)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "no sections read" in done.stderr and ".png" in done.stderr and ".yml" in done.stderr
+    assert "Traceback" not in done.stderr and sim.stats()["requests"] == 0

@@ -8,7 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core import sources
 from core.sources import Section, SectionSource, SourceError, SourceProblem, open_sources
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "docs")
 
 
 def write(path, text, encoding="utf-8"):
@@ -137,28 +140,146 @@ def test_markdown_folder(tmp_path):
     write(docs / "image.png", b"\x89PNG\xff")
     write(docs / ".hidden.md", "# Hidden\nx\n")
     write(docs / ".git" / "notes.md", "# Git\nx\n")
-    sections = by_id(open_sources([docs]))
+    source = open_sources([docs])
+    sections = by_id(source)
     assert list(sections) == [
-        "guide.md", "guide.md#guide", "guide.md#setup", "guide.md#setup-2", "guide.md#setup-3",
+        "guide.md", "guide.md#guide", "guide.md#guide/setup", "guide.md#guide/setup-2", "guide.md#guide/setup-3",
         "guide.md#café-crème",  # a folder's files come before its subfolders
-        "nested/other.rst", "nested/plain.txt", "nested/deeper/note.markdown#note",
+        "nested/other.rst#title", "nested/plain.txt", "nested/deeper/note.markdown#note",
     ]
-    assert sections["guide.md"] == Section("guide.md", "guide", "Intro text before any heading.", {})
+    assert sections["guide.md"] == Section("guide.md", "guide", "Intro text before any heading.",
+                                           {"source": "guide.md", "headings": [], "line": 1})
     guide = sections["guide.md#guide"]
     assert guide.title == "Guide" and guide.location == f"{docs / 'guide.md'}:3"
     assert guide.content == "Welcome.\n\n```python\n# not a heading\nx = 1\n```"
-    assert sections["guide.md#setup-2"].content == "Again."
-    assert sections["guide.md#setup-3"].title == "Setup"
-    assert sections["guide.md#setup-3"].content == "Third.\n~~~\n## still code\n~~~~"
+    assert guide.metadata == {"source": "guide.md", "headings": ["Guide"], "line": 3}
+    assert sections["guide.md#guide/setup-2"].content == "Again."  # its "### Empty" child holds nothing
+    setup = sections["guide.md#guide/setup-3"]
+    assert setup.title == "Setup" and setup.metadata["headings"] == ["Guide", "Setup"]
+    assert setup.content == "Third.\n~~~\n## still code\n~~~~"
     assert sections["guide.md#café-crème"].title == "Café & Crème!"
-    assert sections["nested/plain.txt"] == Section("nested/plain.txt", "plain", "plain text", {})
-    assert sections["nested/other.rst"].content == "Title\n=====\n\nrst body"
+    assert sections["nested/plain.txt"] == Section(
+        "nested/plain.txt", "plain", "plain text", {"source": "nested/plain.txt", "headings": [], "line": 1})
+    assert sections["nested/other.rst#title"].content == "rst body"
+    assert sections["nested/deeper/note.markdown#note"].metadata["source"] == "nested/deeper/note.markdown"
+    assert all(section.from_document for section in sections.values())
+    assert source.unread == {".png": 1} and source.unread_paths == [str(docs / "image.png")]
+    assert source.skipped == {}
 
 
 def test_markdown_file_given_directly_and_slug_collisions(tmp_path):
     path = write(tmp_path / "sub" / "notes.md", "# A\none\n# A 2\ntwo\n# A\nthree\n# !!!\nfour\n")
     assert [s.id for s in open_sources([path])] == [
         "notes.md#a", "notes.md#a-2", "notes.md#a-3", "notes.md#section"]
+
+
+def test_mdx_is_read_in_folders_and_when_named(tmp_path):
+    text = "---\ntitle: Intro\n---\nimport Tabs from '@theme/Tabs';\n\nHello <b>there</b>.\n\n## Next\nMore.\n"
+    path = write(tmp_path / "docs" / "intro.mdx", text)
+    from_folder = list(open_sources([tmp_path / "docs"]))
+    named = list(open_sources([path]))
+    assert from_folder == named == [
+        Section("intro.mdx", "Intro", "Hello there.", {"title": "Intro", "source": "intro.mdx", "headings": [],
+                                                       "line": 6}),
+        Section("intro.mdx#next", "Next", "More.", {"title": "Intro", "source": "intro.mdx",
+                                                     "headings": ["Next"], "line": 8}),
+    ]
+    assert named[1].location == f"{path}:8"
+
+
+def test_front_matter_is_merged_into_metadata_but_never_overrides_the_reader_keys(tmp_path):
+    path = write(tmp_path / "a.md", "---\ntitle: A\nsource: elsewhere\nline: 99\nheadings: [x]\ntags: [t]\n"
+                                    "date: 2024-01-02\n---\n# H\nText.\n")
+    [section] = open_sources([path])
+    assert section.metadata == {"title": "A", "tags": ["t"], "date": "2024-01-02",
+                                "source": "a.md", "headings": ["H"], "line": 9}
+
+
+def test_invalid_front_matter_is_a_problem_with_file_and_line(tmp_path):
+    bad_yaml = write(tmp_path / "a.md", "---\ntitle: ok\nlist: [unclosed\n---\n# A\nx\n")
+    bad_toml = write(tmp_path / "b.mdx", "+++\ntitle = \"ok\"\nbroken = = 1\n+++\nx\n")
+    good = write(tmp_path / "c.md", "# C\nfine\n")
+    problems = problems_of([bad_yaml, bad_toml, good])
+    assert problems[0].startswith(f"{bad_yaml}:3: invalid YAML front matter: ")
+    assert problems[1].startswith(f"{bad_toml}:3: invalid TOML front matter: ")
+    assert len(problems) == 2
+    source = open_sources([bad_yaml, bad_toml, good], skip_invalid=True)
+    assert [s.id for s in source] == ["c.md#c"] and source.problem_count == 2
+
+
+def test_sections_without_text_are_counted_as_skipped(tmp_path):
+    write(tmp_path / "api.md", "# API\n\nIntro.\n\n## Cls\n\n::: pkg.Cls\n\n## Empty\n\n## Logo\n\n<img src=x.png>\n")
+    write(tmp_path / "b.mdx", "import X from 'x'\n\n# B\n\n<X />\n")
+    source = open_sources([tmp_path])
+    assert [s.id for s in source] == ["api.md#api"]
+    assert source.count == 1 and source.skipped == {"no text after cleaning": 3}
+    assert source.problems == []
+
+
+def test_unread_files_are_counted_by_extension_and_listed(tmp_path, monkeypatch):
+    for name in ("a.png", "b.PNG", "c.png", "mkdocs.yml", "Makefile", "docs/d.svg", ".hidden.png"):
+        write(tmp_path / name, "x")
+    write(tmp_path / "doc.md", "# Doc\ntext\n")
+    monkeypatch.setattr(sources, "MAX_KEPT_UNREAD", 4)
+    source = open_sources([tmp_path])
+    assert source.unread == {".png": 3, ".yml": 1, "": 1, ".svg": 1}
+    assert source.unread_paths == [str(tmp_path / name) for name in ("Makefile", "a.png", "b.PNG", "c.png")]
+    assert open_sources([tmp_path / "doc.md"]).unread == {}
+
+
+def test_from_document_only_for_document_files(tmp_path):
+    write(tmp_path / "a.jsonl", jsonl({"id": "j", "content": "x"}))
+    write(tmp_path / "b.csv", "id,title,content\nc,,x\n")
+    write(tmp_path / "c.json", '[{"id": "k", "content": "x"}]')
+    for name in ("d.md", "e.mdx", "f.txt", "g.rst"):
+        write(tmp_path / name, "Some text.\n")
+    flags = {s.id: s.from_document for s in open_sources([tmp_path])}
+    assert flags == {"j": False, "c": False, "k": False,
+                     "d.md": True, "e.mdx": True, "f.txt": True, "g.rst": True}
+
+
+def test_rst_titles_are_sections(tmp_path):
+    path = write(tmp_path / "usage.rst", "Intro.\n\n=====\nUsage\n=====\n\nHow.\n\nInstall\n=======\n\n"
+                                         "Run::\n\n    pip install x\n    =============\n\nToo short\n===\n\nBody.\n\n"
+                                         "Quick start\n-----------\nGo.\n\nLater\n=======\nEnd.\n")
+    sections = list(open_sources([path]))
+    assert [(s.id, s.title, s.metadata["line"]) for s in sections] == [
+        ("usage.rst", "usage", 1), ("usage.rst#usage", "Usage", 3), ("usage.rst#usage/install", "Install", 9),
+        ("usage.rst#usage/install/quick-start", "Quick start", 22), ("usage.rst#usage/later", "Later", 26)]
+    assert sections[2].content == "Run::\n\n    pip install x\n    =============\n\nToo short\n===\n\nBody."
+    assert sections[3].metadata["headings"] == ["Usage", "Install", "Quick start"]
+
+
+def test_the_fixture_folders(tmp_path):
+    source = open_sources([FIXTURES])
+    ids = [s.id for s in source]
+    assert len(ids) == len(set(ids)) == source.count
+    assert source.problems == [] and source.skipped == {"no text after cleaning": 4}
+    assert source.unread == {".yml": 1, ".css": 1, ".svg": 1}
+    assert {"mkdocs/docs/index.md", "mkdocs/docs/index.md#install", "mkdocs/docs/index.md#install/checking-the-install",
+            "docusaurus/docs/intro.mdx#getting-started", "supabase/guides/auth/passwords.mdx",
+            "hugo/content/posts/release-notes.md#2-0/new-features",
+            "hugo/content/posts/release-notes.md#1-0/new-features", "sphinx/usage.rst#usage/configuration/options",
+            "long/handbook.md#operations-handbook/backups/notes-2"} <= set(ids)
+    sections = by_id(source)
+    index = sections["mkdocs/docs/index.md"]
+    assert index.title == "Widgets" and index.metadata["hide"] == ["navigation", "toc"]
+    assert index.location == f"{os.path.join(FIXTURES, 'mkdocs', 'docs', 'index.md')}:9"
+    hugo = sections["hugo/content/posts/release-notes.md#1-0/new-features"]
+    assert hugo.metadata == {"title": "Release notes", "date": "2024-03-01T10:00:00+00:00", "draft": False,
+                             "weight": 10, "params": {"author": "The Widgets team"},
+                             "source": "hugo/content/posts/release-notes.md", "headings": ["1.0", "New features"],
+                             "line": 24}
+
+
+def test_ids_stay_when_a_heading_is_inserted_and_a_sentence_edited(tmp_path):
+    text = "Intro.\n\n# Install\n\nPip.\n\n## Linux\n\nApt.\n\n# Use\n\nRun it.\n\n## Options\n\nFast.\n"
+    path = write(tmp_path / "guide.md", text)
+    before = {s.id for s in open_sources([path])}
+    write(path, text.replace("# Use\n", "# Upgrade\n\nIn place.\n\n# Use\n").replace("Apt.", "Apt or dnf."))
+    after = {s.id: s for s in open_sources([path])}
+    assert set(after) == before | {"guide.md#upgrade"}
+    assert after["guide.md#install/linux"].content == "Apt or dnf."
 
 
 def test_ids_and_order_are_stable_across_reads(tmp_path):
@@ -286,7 +407,7 @@ def test_bad_utf8_bytes(tmp_path):
     good = jsonl({"id": "c", "content": "x"}).encode()
     path = write(tmp_path / "a.jsonl", lines + good)
     assert problems_of([path]) == [f"{path}:2: not valid UTF-8: byte 0xe9 at byte 28 of the line"]
-    for name in ("a.csv", "a.md", "a.txt", "a.json"):
+    for name in ("a.csv", "a.md", "a.mdx", "a.txt", "a.rst", "a.json"):
         path = write(tmp_path / name, b"id,title,content\n\n" + b"caf\xe9\n")
         assert problems_of([path]) == [f"{path}:3: not valid UTF-8: byte 0xe9 at byte 4 of the line"]
 
@@ -398,7 +519,7 @@ json_values = st.recursive(
                       children, max_size=5),
     max_leaves=12,
 )
-EXTENSIONS = [".jsonl", ".json", ".csv", ".md", ".txt"]
+EXTENSIONS = [".jsonl", ".json", ".csv", ".md", ".mdx", ".txt", ".rst"]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -318,7 +318,8 @@ def test_search_orders_by_cosine_similarity_and_uses_the_hnsw_index(store, db):
     hits = store.search_by_vector(query, "m", k=5)
     assert hits[0]["id"] == "v10" == exact_ids[0]
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert set(hits[0]) == {"id", "title", "score", "snippet"}
+    assert set(hits[0]) == {"id", "title", "score", "snippet", "metadata", "parent"}
+    assert hits[0]["parent"] is None  # a whole section, not a chunk
     assert hits[0]["title"] == "T10" and hits[0]["snippet"].startswith("body 10 body 10")
     assert len(hits[0]["snippet"]) <= 240
 

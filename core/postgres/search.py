@@ -13,10 +13,16 @@ from psycopg import sql
 
 from core.postgres.index import has_halfvec, search_cast
 
-__all__ = ["Hit", "Match", "SNIPPET_CHARS", "knn_statement", "match_sections", "nearest"]
+__all__ = ["GROUP_OVERFETCH", "Hit", "Match", "Parent", "SNIPPET_CHARS", "knn_statement", "match_sections", "nearest"]
 
 SNIPPET_CHARS = 240
+GROUP_OVERFETCH = 4  # candidates per hit asked for when hits are grouped by parent
 MAX_EF_SEARCH = 1000  # pgvector's ceiling for hnsw.ef_search
+
+
+class Parent(TypedDict):
+    id: str
+    title: str
 
 
 class Hit(TypedDict):
@@ -24,6 +30,8 @@ class Hit(TypedDict):
     title: str
     score: float  # cosine similarity
     snippet: str
+    metadata: Any  # the section's metadata (source, headings, line, front matter, chunk position)
+    parent: Parent | None  # the section a chunk was cut from; None for a whole section
 
 
 class Match(TypedDict):
@@ -39,7 +47,7 @@ def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: in
     typed = sql.SQL(f"{search_cast(dimensions, has_halfvec(conn))}({int(dimensions)})")
     return sql.SQL(
         "select s.id, s.title, (1 - (e.embedding::{t} <=> %(q)b::{t}))::float8 as score, "
-        "left(s.content, {snip}) as snippet "
+        "left(s.content, {snip}) as snippet, s.metadata "
         "from section_embeddings e join sections s on s.id = e.section_id "
         "where e.model_name = {model} and e.dimensions = {d} "
         "order by e.embedding::{t} <=> %(q)b::{t} limit %(k)s"
@@ -47,13 +55,37 @@ def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: in
              d=sql.SQL(str(int(dimensions))))
 
 
-def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, k: int) -> list[Hit]:
+def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, k: int,
+            group: bool = False) -> list[Hit]:
     """The ``k`` nearest sections, best first. An HNSW scan returns at most ``hnsw.ef_search`` rows,
-    so it is raised to ``k`` (up to 1000) for this transaction."""
+    so it is raised to the rows asked for (up to 1000) for this transaction.
+
+    ``group``: one hit per parent section (its best chunk), so one long page cut into many chunks
+    cannot fill every place; ``GROUP_OVERFETCH`` × k candidates are read to find k parents.
+    """
+    limit = min(MAX_EF_SEARCH, k * GROUP_OVERFETCH) if group else k
     with conn.transaction():
-        conn.execute("select set_config('hnsw.ef_search', %s, true)", (str(max(40, min(k, MAX_EF_SEARCH))),))
-        rows = conn.execute(knn_statement(conn, model_name, vector.shape[0]), {"q": vector, "k": k}).fetchall()
-    return [Hit(id=r[0], title=r[1], score=float(r[2]), snippet=" ".join((r[3] or "").split())) for r in rows]
+        conn.execute("select set_config('hnsw.ef_search', %s, true)", (str(max(40, min(limit, MAX_EF_SEARCH))),))
+        rows = conn.execute(knn_statement(conn, model_name, vector.shape[0]), {"q": vector, "k": limit}).fetchall()
+    hits = [_hit(*row) for row in rows]
+    if not group:
+        return hits
+    seen: set[str] = set()
+    best = []
+    for hit in hits:
+        key = hit["parent"]["id"] if hit["parent"] else hit["id"]
+        if key not in seen:
+            seen.add(key)
+            best.append(hit)
+    return best[:k]
+
+
+def _hit(section_id: str, title: str, score: float, snippet: str | None, metadata: Any) -> Hit:
+    parent = None
+    if isinstance(metadata, dict) and isinstance(metadata.get("parent"), str):
+        parent = Parent(id=metadata["parent"], title=str(metadata.get("parent_title") or ""))
+    return Hit(id=section_id, title=title, score=float(score), snippet=" ".join((snippet or "").split()),
+               metadata=metadata, parent=parent)
 
 
 def match_sections(conn: psycopg.Connection[Any], vector: np.ndarray, match_count: int,
