@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import correctness, local, scale, w1, w2, write
+from bench import correctness, local, retrieval, scale, w1, w2, write
 from bench.players import require_peers
 from bench.plot import draw
 from bench.report import (
@@ -30,13 +30,16 @@ from bench.report import (
     versions,
 )
 
-SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "local": local, "scale": scale}
+SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "local": local, "scale": scale,
+             "retrieval": retrieval}
+# What a scenario runs on beyond the common packages, so its table names their versions.
+EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "retrieval": retrieval.PACKAGES}
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 
 
 def stamp(result: Result, seconds: float) -> dict:
-    packages = PACKAGES + PEER_PACKAGES + (LOCAL_PACKAGES if result.key == "local" else ())
+    packages = PACKAGES + PEER_PACKAGES + EXTRA_PACKAGES.get(result.key, ())
     entry = dataclasses.asdict(result)
     entry["environment"] = (f"Ran {datetime.date.today().isoformat()} in {seconds:.0f} s on {machine()}. "
                             f"Packages: {versions(packages)}.")

@@ -47,6 +47,14 @@ class ChunkPolicy:
                              f"({self.max_tokens // 2}), not {self.overlap}")
 
 
+    @classmethod
+    def for_model(cls, window: int, chunk_tokens: int | None = None, overlap: int | None = None) -> ChunkPolicy:
+        """What ``sections ingest`` uses: chunks of the model's window unless the user set a size,
+        and ``default_overlap`` unless the user set one."""
+        size = chunk_tokens or window
+        return cls(size, default_overlap(size) if overlap is None else overlap)
+
+
 def default_overlap(max_tokens: int) -> int:
     """An eighth of a chunk, at most 64 tokens: enough to carry a sentence across a cut."""
     return min(64, max_tokens // 8)

@@ -84,11 +84,10 @@ def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: 
     """The sections to store: documents cut to the model's window (or ``--chunk-tokens``; then
     records too), counted into ``reading`` as they are made, so the progress bar's total grows
     with the chunks instead of sitting on one huge section."""
-    from core.chunking import ChunkPolicy, chunk_section, default_overlap
+    from core.chunking import ChunkPolicy, chunk_section
 
-    size = chunk_tokens or service.limits.max_input_tokens
     try:
-        policy = ChunkPolicy(size, default_overlap(size) if chunk_overlap is None else chunk_overlap)
+        policy = ChunkPolicy.for_model(service.limits.max_input_tokens, chunk_tokens, chunk_overlap)
     except ValueError as error:
         fail(str(error))
 

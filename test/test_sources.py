@@ -155,7 +155,7 @@ def test_markdown_folder(tmp_path):
     assert guide.metadata == {"source": "guide.md", "headings": ["Guide"], "line": 3}
     assert sections["guide.md#guide/setup-2"].content == "Again."  # its "### Empty" child holds nothing
     setup = sections["guide.md#guide/setup-3"]
-    assert setup.title == "Setup" and setup.metadata["headings"] == ["Guide", "Setup"]
+    assert setup.title == "Guide > Setup" and setup.metadata["headings"] == ["Guide", "Setup"]  # a breadcrumb
     assert setup.content == "Third.\n~~~\n## still code\n~~~~"
     assert sections["guide.md#café-crème"].title == "Café & Crème!"
     assert sections["nested/plain.txt"] == Section(
@@ -181,7 +181,7 @@ def test_mdx_is_read_in_folders_and_when_named(tmp_path):
     assert from_folder == named == [
         Section("intro.mdx", "Intro", "Hello there.", {"title": "Intro", "source": "intro.mdx", "headings": [],
                                                        "line": 6}),
-        Section("intro.mdx#next", "Next", "More.", {"title": "Intro", "source": "intro.mdx",
+        Section("intro.mdx#next", "Intro > Next", "More.", {"title": "Intro", "source": "intro.mdx",
                                                      "headings": ["Next"], "line": 8}),
     ]
     assert named[1].location == f"{path}:8"
@@ -244,8 +244,9 @@ def test_rst_titles_are_sections(tmp_path):
                                          "Quick start\n-----------\nGo.\n\nLater\n=======\nEnd.\n")
     sections = list(open_sources([path]))
     assert [(s.id, s.title, s.metadata["line"]) for s in sections] == [
-        ("usage.rst", "usage", 1), ("usage.rst#usage", "Usage", 3), ("usage.rst#usage/install", "Install", 9),
-        ("usage.rst#usage/install/quick-start", "Quick start", 22), ("usage.rst#usage/later", "Later", 26)]
+        ("usage.rst", "usage", 1), ("usage.rst#usage", "Usage", 3), ("usage.rst#usage/install", "Usage > Install", 9),
+        ("usage.rst#usage/install/quick-start", "Usage > Install > Quick start", 22),
+        ("usage.rst#usage/later", "Usage > Later", 26)]
     assert sections[2].content == "Run::\n\n    pip install x\n    =============\n\nToo short\n===\n\nBody."
     assert sections[3].metadata["headings"] == ["Usage", "Install", "Quick start"]
 
