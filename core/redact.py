@@ -17,6 +17,9 @@ _SECRET = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-*.]{3,}")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)""", re.IGNORECASE)
 _SECRET_PARAMS = {"password", "sslpassword"}
+# "user:secret@host" anywhere, URL or not (a mistyped "postgresql//u:pw@db" is no URL, but its
+# password is still one); the secret runs to the last "@" before the host, as in mask_url.
+_CREDENTIALS = re.compile(r"(?P<user>[\w.%+-]+):(?P<secret>[^\s'\"/][^\s'\"]*)@(?P<host>[^\s'\"@]+)")
 
 
 def scrub(text: str) -> str:
@@ -34,8 +37,8 @@ def mask_url(url: str | None) -> str:
         return ""
     url = str(url)
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", url, re.DOTALL)
-    if not match:  # a keyword/value conninfo string
-        return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + "***", url)
+    if not match:  # a keyword/value conninfo string, or something mistyped
+        return _hide_credentials(_KEYWORD_PASSWORD.sub(lambda m: m.group(1) + "***", url))
     scheme, rest = match.groups()
     query = ""
     qpos = rest.find("?")
@@ -70,6 +73,12 @@ def _hide_parsed_password(url: str, masked: str) -> str:
     return masked
 
 
+def _hide_credentials(text: str) -> str:
+    return _CREDENTIALS.sub(lambda m: f"{m['user']}:***@{m['host']}", text)
+
+
 def mask_secrets(text: str) -> str:
-    """``text`` with key-shaped tokens hidden and any URL's password masked."""
-    return _URL.sub(lambda m: mask_url(m.group(0)), scrub(text))
+    """``text`` with key-shaped tokens hidden, any URL's password masked, and any ``user:secret@host``
+    or ``password=…`` left outside a URL (a mistyped URL is still a secret's carrier)."""
+    masked = _URL.sub(lambda m: mask_url(m.group(0)), scrub(text))
+    return _hide_credentials(_KEYWORD_PASSWORD.sub(lambda m: m.group(1) + "***", masked))

@@ -1,5 +1,6 @@
 """core.redact: no secret reaches a message, whatever shape it comes in."""
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from core.redact import mask_secrets, mask_url, scrub
 
@@ -42,3 +43,27 @@ def test_mask_secrets_hides_urls_and_keys_in_one_message():
     masked = mask_secrets(text)
     assert "hunter2" not in masked and "abcdef123" not in masked
     assert "postgresql://u:***@db.example/postgres" in masked
+
+
+@pytest.mark.parametrize("text", [
+    'missing "=" after "postgresql//u:hunter2@db.example/postgres"',
+    "postgresql:/u:hunter2@db.example/postgres",
+    "connect to u:hunter2@db.example:5432 failed",
+    "postgres://u:hun@ter2@db/x?sslmode=require and host=db password=hunter2",
+])
+def test_a_malformed_url_never_shows_its_password(text):
+    assert "hunter2" not in mask_secrets(text)
+    assert "hun" not in mask_secrets(text).replace("hunter", "")  # nor a piece of it
+
+
+@settings(max_examples=300, deadline=None)
+@given(scheme=st.sampled_from(["postgresql://", "postgresql//", "postgresql:/", "postgres:", ""]),
+       user=st.text("abcxyz_.0129-", min_size=1, max_size=8),
+       password=st.text(st.characters(blacklist_categories=("Cs", "Zs", "Cc"), blacklist_characters="'\""),
+                        min_size=4, max_size=24).filter(lambda p: p.strip() == p),
+       host=st.sampled_from(["db.example.com", "db", "aws-0-eu.pooler.supabase.com:6543"]),
+       around=st.sampled_from(['cannot open {}', 'missing "=" after "{}"', "{}", "error: {}: refused"]))
+def test_no_password_in_any_message_whatever_the_url_shape(scheme, user, password, host, around):
+    secret = "S3cr3t" + password  # never a substring of the rest of the message
+    message = around.format(f"{scheme}{user}:{secret}@{host}/postgres")
+    assert secret not in mask_secrets(message)
