@@ -26,9 +26,19 @@ from core.providers.base import ProviderKind, ProviderOptions
 from core.ratelimit import RateLimiter
 from core.records import BatchEmbeddings, EmbeddingOutcome, EmbeddingSettings
 from core.tokens import LongInputPolicy
-from core.usage import Usage
+from core.usage import PRICE_PER_MILLION_TOKENS, Usage
 
 __all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError", "choose_provider"]
+
+
+OPENAI_MODELS = tuple(PRICE_PER_MILLION_TOKENS)  # the embedding models OpenAI serves
+
+
+def _unknown_model(model: str) -> str:
+    """A typo'd name must not be sent to OpenAI (and billed there, or reported as a missing key)."""
+    return (f"unknown model {model!r}: use {', '.join(OPENAI_MODELS)} (OpenAI, needs OPENAI_API_KEY), "
+            "all-MiniLM-L6-v2 or a folder holding a sentence-transformers model (local), or give "
+            "--provider openai / --base-url for a model another OpenAI-compatible server knows")
 
 
 def _validate_texts(texts: Any) -> None:
@@ -75,6 +85,8 @@ class EmbeddingService:
             raise ValueError("dimensions must be positive")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         kind = parse_kind(provider) if provider else choose_provider(model, base_url)
+        if provider is None and base_url is None and kind is ProviderKind.OPENAI and model not in OPENAI_MODELS:
+            raise ValueError(_unknown_model(model))
         built = build_provider(kind, ProviderOptions(
             model=model, client_factory=OpenAI, api_key=api_key, base_url=base_url, dimensions=dimensions,
             timeout=timeout, encoding_format=encoding_format))

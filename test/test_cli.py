@@ -273,3 +273,16 @@ def test_editing_one_sentence_and_adding_a_heading_embeds_only_those_two(sim, da
     second = json.loads(run(*command).output)
     assert second["embedded"] == 2, second  # the edited section and the new one (which took over the
     assert second["unchanged"] == second["chunks"] - 2  # text above the old first heading); nothing else
+
+
+def test_a_typo_in_the_model_name_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "a.md").write_text("# A\ntext\n")
+    refused = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(tmp_path), "--model", "all-MiniLM-L6-v3",
+                              "--database-url", "postgresql://u:pw@127.0.0.1:1/none"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "unknown model 'all-MiniLM-L6-v3'" in refused.stderr and "all-MiniLM-L6-v2" in refused.stderr
+    assert "no OpenAI API key" not in refused.stderr and "cannot open" not in refused.stderr  # checked first
+    assert "Traceback" not in refused.stderr

@@ -317,3 +317,22 @@ def test_concurrent_callers_share_one_service(sim, corpus):
         t.join()
     for part, result in results.items():
         assert_all_correct(result, corpus[part * 100:(part + 1) * 100])
+
+
+@pytest.mark.parametrize("model", ["all-MiniLM-L6-v3", "text-embeding-3-small", "gpt-4o"])
+def test_an_unknown_model_is_refused_before_any_request_with_what_is_accepted(model, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with patch("core.embedding_service.OpenAI") as client:
+        with pytest.raises(ValueError, match=f"unknown model '{model}'") as refused:
+            EmbeddingService(model=model)
+        client.assert_not_called()
+    assert "text-embedding-3-small" in str(refused.value) and "all-MiniLM-L6-v2" in str(refused.value)
+    assert "--base-url" in str(refused.value)
+
+
+def test_any_model_name_goes_to_an_explicit_openai_provider_or_server(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    with patch("core.embedding_service.OpenAI"):
+        assert EmbeddingService(model="my-azure-deployment", provider="openai").model == "my-azure-deployment"
+        assert EmbeddingService(model="nomic-embed-text", base_url="http://localhost:1/v1").model == "nomic-embed-text"
