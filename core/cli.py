@@ -84,22 +84,24 @@ def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: 
     """The sections to store: documents cut to the model's window (or ``--chunk-tokens``; then
     records too), counted into ``reading`` as they are made, so the progress bar's total grows
     with the chunks instead of sitting on one huge section."""
-    from core.chunking import ChunkPolicy, chunk_section
+    from core.chunking import ChunkPolicy, chunk_sections
 
     try:
         policy = ChunkPolicy.for_model(service.limits.max_input_tokens, chunk_tokens, chunk_overlap)
     except ValueError as error:
         fail(str(error))
 
-    def sections() -> Iterator[Any]:
+    def read() -> Iterator[Any]:
         for section in source:
-            pieces = (chunk_section(section, service.tokenizer, policy)
-                      if section.from_document or chunk_tokens is not None else [section])
             reading.read += 1
-            reading.stored += len(pieces)
-            yield from pieces
+            yield section
 
-    return sections()
+    def stored() -> Iterator[Any]:
+        for section in chunk_sections(read(), service.tokenizer, policy, every_section=chunk_tokens is not None):
+            reading.stored += 1
+            yield section
+
+    return stored()
 
 
 def nothing_read(paths: List[str], source) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from core.postgres.index import has_halfvec, search_cast
+from core.postgres.index import HNSW_MAX_DIMENSIONS, has_halfvec, search_cast
 
 __all__ = ["GROUP_OVERFETCH", "Hit", "Match", "Parent", "SNIPPET_CHARS", "knn_statement", "match_sections", "nearest"]
 
@@ -44,7 +44,9 @@ class Match(TypedDict):
 def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: int,
                   snippet_chars: int = SNIPPET_CHARS) -> sql.Composed:
     """The k-NN query, with the exact expression and literal predicates of the partial index."""
-    typed = sql.SQL(f"{search_cast(dimensions, has_halfvec(conn))}({int(dimensions)})")
+    # the server is asked about halfvec only where the answer matters: no round trip per query below 2,000 dims
+    halfvec = dimensions > HNSW_MAX_DIMENSIONS and has_halfvec(conn)
+    typed = sql.SQL(f"{search_cast(dimensions, halfvec)}({int(dimensions)})")
     return sql.SQL(
         "select s.id, s.title, (1 - (e.embedding::{t} <=> %(q)b::{t}))::float8 as score, "
         "left(s.content, {snip}) as snippet, s.metadata "
