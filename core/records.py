@@ -10,13 +10,15 @@ import json
 import re
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypedDict
+from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
 
 import numpy as np
 
 from core.tokens import LongInputPolicy
 
 __all__ = [
+    "DEFAULT_COLLECTION",
+    "Deleted",
     "MAX_REASON_CHARS",
     "MAX_VECTOR_DIMENSIONS",
     "BatchEmbeddings",
@@ -28,10 +30,12 @@ __all__ = [
     "ProgressCounts",
     "Rejected",
     "Section",
+    "Selection",
     "VectorRow",
     "WriteResult",
     "check_vector",
     "coerce_section",
+    "collection_problem",
     "section_problem",
     "stored_reason",
     "text_problem",
@@ -57,6 +61,7 @@ class Section:
     metadata: Any = field(default=None, hash=False)
     location: str = field(default="", compare=False)
     from_document: bool = field(default=False, compare=False, hash=False)  # read from a document file
+    source: str | None = None  # the file it was read from (absolute); None: given through the API or stdin
 
 
 class Rejected(NamedTuple):
@@ -119,6 +124,45 @@ def section_problem(section: Section) -> str | None:
         if problem:
             return f"metadata {problem}"
     return None
+
+
+DEFAULT_COLLECTION = "default"
+MAX_COLLECTION_CHARS = 200
+
+
+def collection_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a collection, or None."""
+    if not isinstance(name, str) or not name.strip():
+        return "collection name must be a non-empty string"
+    if len(name) > MAX_COLLECTION_CHARS:
+        return f"collection name is longer than {MAX_COLLECTION_CHARS} characters"
+    problem = text_problem(name)
+    return f"collection name {problem}" if problem else None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Sections of one collection, chosen for deleting or pruning: any of the ids, the ids starting
+    with ``prefix``, the sections read from ``files`` or from under ``folders`` (absolute paths,
+    each folder ending with "/"), or with ``everything`` the whole collection."""
+
+    collection: str = DEFAULT_COLLECTION
+    ids: tuple[str, ...] = ()
+    prefix: str | None = None
+    files: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    everything: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ids or self.prefix or self.files or self.folders or self.everything)
+
+
+class Deleted(NamedTuple):
+    """What a delete removed: sections, and the vectors that went with them."""
+
+    sections: int
+    vectors: int
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -273,6 +317,8 @@ class IngestSummary(TypedDict):
     failed_ids: list[str]
     skipped_count: int
     errors: dict[str, str]
+    busy_count: NotRequired[int]  # of the skipped: due, but another run was embedding them (only when > 0)
+    pruned_count: NotRequired[int]  # sections a prune deleted (only when a prune was asked for)
 
 
 class BatchEmbeddings(TypedDict):

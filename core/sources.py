@@ -14,7 +14,9 @@ one section per file). Folders are searched recursively, skipping hidden entries
 types found there are counted by extension, not read.
 
 Sections read from document files carry metadata `source` (the relative path), `headings` (the
-titles above it and its own) and `line`, plus the Markdown front matter's fields.
+titles above it and its own) and `line`, plus the Markdown front matter's fields. Every section read
+from a file (records too) carries `Section.source`, the file's absolute path: `--prune` and
+`delete --source` find a file's sections by it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import tempfile
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -259,9 +261,11 @@ def _unstorable(section: Section) -> str | None:
 def _read_all(inputs: list[_Input]) -> Iterator[Section | SourceProblem | _Skipped]:
     """Read each input with the reader for its kind, turning I/O and encoding failures into problems."""
     for source in inputs:
+        origin = None if source.name == _STDIN_NAME else Path(os.path.abspath(source.path)).as_posix()
         try:
             with open(source.path, "rb") as file:
-                yield from _READERS[source.kind](source, file)
+                for item in _READERS[source.kind](source, file):
+                    yield replace(item, source=origin) if isinstance(item, Section) and origin else item
         except _BadBytes as error:
             yield SourceProblem(source.name, error.line, error.message)
         except OSError as error:

@@ -38,8 +38,9 @@ from core.postgres import vectors
 from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
-from core.records import (Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected, VectorRow,
-                          check_vector, text_problem)
+from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
+                          Selection, VectorRow, check_vector)
+from core.lifecycle import Lifecycle, check_collection, check_model
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
@@ -47,7 +48,7 @@ __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore:
+class SupabaseStore(Lifecycle):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -101,20 +102,25 @@ class SupabaseStore:
 
     # -- sections -----------------------------------------------------------------------------------
 
-    def upsert_sections(self, sections: Iterable[Any], *, chunk_size: int = 5000) -> int:
+    def upsert_sections(self, sections: Iterable[Any], *, chunk_size: int = 5000,
+                        collection: str = DEFAULT_COLLECTION) -> int:
         """Insert or update sections (dicts or objects with id/title/content/metadata) in bulk.
 
-        A missing ``metadata`` keeps what is stored. ``updated_at`` moves only when something
-        changed. Raises ValueError (before writing that chunk) for a section that cannot be stored.
-        Returns the number of rows inserted or changed.
+        A missing ``metadata`` keeps what is stored; ``updated_at`` moves only when something
+        changed. Raises ValueError (before writing that chunk) for a section that cannot be stored
+        or whose id another collection holds. Returns the number of rows inserted or changed.
         """
+        check_collection(collection)
         total = 0
         for chunk in chunked(sections, chunk_size):
             rejected: list[Rejected] = []
-            rows = valid_sections(chunk, rejected)
+            rows = dedupe(valid_sections(chunk, rejected))
             if rejected:
                 raise ValueError(f"section {rejected[0].section_id!r}: {rejected[0].reason}")
-            total += self.backend.upsert_sections(dedupe(rows)) if rows else 0
+            if rows and (foreign := self.backend.foreign_sections([row.id for row in rows], collection)):
+                section_id, other = next(iter(foreign.items()))
+                raise ValueError(f"section {section_id!r} is stored in collection {other!r}")
+            total += self.backend.upsert_sections(rows, collection) if rows else 0
         return total
 
     def get_section(self, section_id: str) -> pg_sections.StoredSection | None:
@@ -135,7 +141,7 @@ class SupabaseStore:
         The sections must exist. One transaction per ``batch_size`` rows; returns rows written.
         Raises ValueError for a vector pgvector cannot store (NaN, infinity, 0 or > 16000 dims).
         """
-        _check_model(model_name)
+        check_model(model_name)
         settings = EmbeddingSettings(model_name, requested_dimensions,
                                      None if long_input is None else LongInputPolicy.parse(long_input))
         total = 0
@@ -152,7 +158,7 @@ class SupabaseStore:
 
     def record_failures(self, model_name: str, failures: Mapping[str, str] | Iterable[tuple[str, str]]) -> int:
         """Upsert failures ({section id: reason}); attempts go up by one each time."""
-        _check_model(model_name)
+        check_model(model_name)
         items = failures.items() if isinstance(failures, Mapping) else failures
         with self.connection() as conn, conn.transaction():
             return vectors.write_failures(conn, model_name, [FailureRow(i, r) for i, r in items])
@@ -169,27 +175,30 @@ class SupabaseStore:
 
     def ingest(self, sections: Iterable[Any], embedding_service: Embedder, *, chunk_size: int = DEFAULT_CHUNK,
                write_batch: int = DEFAULT_WRITE_BATCH, queue_size: int | None = None, flush_interval: float = 0.25,
-               build_index: bool | None = None, on_progress: ProgressCallback | None = None) -> IngestSummary:
-        """Store ``sections`` and embed the ones whose stored vector is missing or out of date.
+               build_index: bool | None = None, on_progress: ProgressCallback | None = None,
+               collection: str = DEFAULT_COLLECTION, prune: Selection | None = None) -> IngestSummary:
+        """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
-        Streams ``chunk_size`` sections at a time and writes ``write_batch`` outcomes per
-        transaction, on a thread of its own (``core.pipeline.ingest`` says how and why). Returns
-        ``success_count``, ``failed_count``, ``total_tokens`` (billed during the run),
-        ``failed_ids``, ``skipped_count`` and ``errors`` ({section id: reason}). A blank or
-        unstorable section is a failure with its reason, not an exception; failures are recorded in
-        ``embedding_failures`` until they succeed. A stop (``ProviderFatalError``, a database error,
+        Streams (``core.pipeline.ingest`` says how and why). Returns ``success_count``,
+        ``failed_count``, ``total_tokens`` (billed during the run), ``failed_ids``,
+        ``skipped_count``, ``errors`` ({section id: reason}), and ``busy_count`` when sections
+        were left to another run embedding them. A blank or unstorable section is a failure with
+        its reason, recorded until it succeeds. A stop (``ProviderFatalError``, a database error,
         KeyboardInterrupt) writes what arrived and re-raises with the partial summary as
-        ``error.result``.
+        ``error.result``. ``prune`` (files and folders): afterwards delete the sections read from
+        there before that this run did not read; ``pruned_count`` says how many.
 
         ``build_index``: True builds the model's HNSW index afterwards, False never; None (default)
         when the model has none yet and at least ``auto_index_min_rows`` vectors. ``on_progress``
         gets ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too.
         """
         settings = embedding_service.settings
-        _check_model(settings.model)
-        options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval)
+        check_model(settings.model)
+        options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune)
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
         self._maybe_build_index(settings.model, build_index, run.dimensions)
+        if run.pruned is not None and run.pruned.deleted is not None:
+            run.summary["pruned_count"] = run.pruned.deleted.sections
         return run.summary
 
     def batch_ingest_embeddings(self, sections: list[dict[str, Any]], embedding_service: Embedder,
@@ -209,16 +218,14 @@ class SupabaseStore:
         return self.ingest([section], embedding_service, build_index=False)
 
     def sync(self, embedding_service: Embedder, *, claim_batch: int = 500, limit: int | None = None,
-             on_progress: ProgressCallback | None = None) -> IngestSummary:
-        """Embed every stored section whose vector for the service's model is missing or stale.
-
-        Safe in many processes at once: each claims ``claim_batch`` due rows that no other holds
-        (``core.pipeline.sync``). ``limit`` caps the sections claimed by this call. Returns the
-        ``ingest`` summary (``skipped_count`` is 0); a stop re-raises with ``error.result``.
+             on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION) -> IngestSummary:
+        """Embed every section of ``collection`` (None: all) whose vector for the service's model is
+        missing or stale; safe in many processes at once (``core.pipeline.sync``). ``limit`` caps
+        the sections claimed. Returns the ``ingest`` summary; a stop re-raises with ``error.result``.
         """
-        _check_model(embedding_service.settings.model)
+        check_model(embedding_service.settings.model)
         return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
-                    on_progress=on_progress).summary
+                    on_progress=on_progress, collection=collection).summary
 
     # -- index & search -----------------------------------------------------------------------------
 
@@ -230,7 +237,7 @@ class SupabaseStore:
         ``core.postgres.index.build_indexes``. Returns the names of the indexes that exist for
         the model afterwards.
         """
-        _check_model(model_name)
+        check_model(model_name)
         with self.connection() as conn:
             return pg_index.build_indexes(conn, model_name, dimensions=dimensions, m=m,
                                           ef_construction=ef_construction,
@@ -246,35 +253,28 @@ class SupabaseStore:
         (True) or, by default (None), once the model has ``auto_index_min_rows`` vectors of it."""
         if build_index is False:
             return
-        for dims in sorted(dimensions):
-            with self.connection() as conn:
-                if pg_index.index_cast(dims, pg_index.has_halfvec(conn)) is None:
-                    continue
-                if pg_index.has_index(conn, model, dims):
-                    continue
-                if build_index is None and not pg_index.has_enough_rows(conn, model, dims, self.auto_index_min_rows):
-                    continue
+        with self.connection() as conn:
+            due = pg_index.unindexed(conn, model, dimensions, None if build_index else self.auto_index_min_rows)
+        for dims in due:
             self.build_index(model, dimensions=dims)
 
-    def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *,
-                         group: bool = True) -> list[pg_search.Hit]:
-        """The ``k`` sections nearest to ``vector`` (cosine) among ``model_name``'s embeddings:
-        ``[{id, title, score, snippet, metadata, parent}]``, best first; ``group``: one per parent.
-
-        Uses the model's HNSW index when it exists (up to 1000 results), else an exact scan.
-        """
-        _check_model(model_name)
+    def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
+                         collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
+        """The ``k`` sections of ``collection`` (None: all) nearest to ``vector`` (cosine) among
+        ``model_name``'s embeddings: ``[{id, title, score, snippet, metadata, parent}]``, best
+        first; ``group``: one per parent. Uses the model's HNSW index when it exists."""
+        check_model(model_name)
         if int(k) < 1:
             return []
         array = _query_vector(vector)
         with self.connection() as conn:
-            return pg_search.nearest(conn, array, model_name, int(k), group)
+            return pg_search.nearest(conn, array, model_name, int(k), group, collection)
 
-    def search(self, query: str, embedding_service: Embedder, k: int = 10, *,
-               group: bool = True) -> list[pg_search.Hit]:
+    def search(self, query: str, embedding_service: Embedder, k: int = 10, *, group: bool = True,
+               collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
         """Embed ``query`` with ``embedding_service``; the ``k`` nearest sections, as ``search_by_vector``."""
         vector = embedding_service.generate_embedding(query)
-        return self.search_by_vector(vector, embedding_service.settings.model, k, group=group)
+        return self.search_by_vector(vector, embedding_service.settings.model, k, group=group, collection=collection)
 
     def match_sections(self, query_embedding: Any, match_count: int = 10,
                        model_name: str | None = None) -> list[pg_search.Match]:
@@ -285,24 +285,15 @@ class SupabaseStore:
 
     # -- status -------------------------------------------------------------------------------------
 
-    def status(self, model_name: str | None = None, *, top_reasons: int = 5) -> dict[str, pg_status.ModelStatus]:
+    def status(self, model_name: str | None = None, *, top_reasons: int = 5,
+               collection: str | None = None) -> dict[str, pg_status.ModelStatus]:
         """Per model: ``{model: {sections, embedded, current, stale, missing, failed, dimensions,
-        indexed, top_failure_reasons: [(reason, count)]}}``.
-
-        ``stale``: embeddings whose section text changed since (recomputed in SQL with the
-        settings each vector was made with). ``missing``: sections with no vector for the model.
-        With ``model_name``, only that model (present even with nothing stored).
-        """
+        indexed, top_failure_reasons: [(reason, count)], collections: {name: counts}}}`` over
+        ``collection`` (None: all). ``stale``: vectors whose section changed since (in SQL);
+        ``missing``: sections with no vector for the model. With ``model_name``, only that model
+        (present even with nothing stored)."""
         with self.connection() as conn:
-            return pg_status.status(conn, model_name, top_reasons)
-
-
-def _check_model(model_name: Any) -> None:
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError("model name must be a non-empty string")
-    problem = text_problem(model_name)
-    if problem:
-        raise ValueError(f"model name {problem}")
+            return pg_status.status(conn, model_name, top_reasons, collection)
 
 
 def _vector_row(row: Sequence[Any]) -> VectorRow:

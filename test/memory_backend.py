@@ -7,17 +7,18 @@ until it ends and buffers its writes, which apply when it ends without an except
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from core.fingerprint import fingerprint
-from core.records import (EmbeddingSettings, FailureRow, Section, VectorRow, WriteResult, check_vector, stored_reason,
-                          section_problem)
+from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow,
+                          WriteResult, check_vector, stored_reason, section_problem)
 
-__all__ = ["MemoryBackend", "MemoryClaim"]
+__all__ = ["MemoryBackend", "MemoryClaim", "MemoryLeases"]
 
 Key = tuple[str, str]  # (section id, model)
 Planned = tuple[list[VectorRow], list[FailureRow]]  # what a write stores once it commits
@@ -38,10 +39,32 @@ class MemoryClaim:
         return result
 
 
+@dataclass(slots=True)
+class MemoryLeases:
+    backend: MemoryBackend
+    worker: str
+
+    def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        backend = self.backend
+        with backend.lock:
+            taken = set()
+            for section_id, digest in wanted.items():
+                key = (section_id, settings.model)
+                stored = backend.vectors.get(key)
+                if (section_id not in backend.sections or section_id in backend.held or key in backend.leases
+                        or (stored is not None and stored.content_hash == digest)):
+                    continue
+                backend.leases[key] = self.worker
+                taken.add(section_id)
+        return taken
+
+
 class MemoryBackend:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.sections: dict[str, Section] = {}
+        self.collections: dict[str, str] = {}  # section id -> its collection
+        self.leases: dict[Key, str] = {}  # -> the worker holding it
         self.vectors: dict[Key, VectorRow] = {}  # vector stored as float32, content_hash as bytes
         self.failures: dict[Key, tuple[str, int]] = {}  # (reason, attempts)
         self.held: set[str] = set()  # section ids that open claims hold
@@ -59,7 +82,7 @@ class MemoryBackend:
 
     # -- Backend ---------------------------------------------------------------------------------------
 
-    def upsert_sections(self, sections: Sequence[Section]) -> int:
+    def upsert_sections(self, sections: Sequence[Section], collection: str = DEFAULT_COLLECTION) -> int:
         for section in sections:  # Postgres refuses the whole transaction
             if problem := section_problem(section):
                 raise ValueError(f"section {section.id!r}: {problem}")
@@ -67,11 +90,20 @@ class MemoryBackend:
         with self.lock:
             for section in sections:
                 old = self.sections.get(section.id)
+                if old is not None and self.collections[section.id] != collection:
+                    continue
                 if old is not None and section.metadata is None:
                     section = replace(section, metadata=old.metadata)
+                if old is not None and section.source is None:
+                    section = replace(section, source=old.source)
                 changed += old != section
                 self.sections[section.id] = section
+                self.collections[section.id] = collection
         return changed
+
+    def foreign_sections(self, section_ids: Sequence[str], collection: str) -> dict[str, str]:
+        with self.lock:
+            return {i: self.collections[i] for i in section_ids if i in self.collections and self.collections[i] != collection}
 
     def stored_hashes(self, model: str, section_ids: Sequence[str]) -> dict[str, bytes]:
         with self.lock:
@@ -100,6 +132,8 @@ class MemoryBackend:
 
     def _commit(self, model: str, planned: Planned) -> None:  # under self.lock
         rows, failures = planned
+        for section_id in [row.section_id for row in rows] + [failure.section_id for failure in failures]:
+            self.leases.pop((section_id, model), None)
         for row in rows:
             self.vectors[row.section_id, model] = row
             self.failures.pop((row.section_id, model), None)
@@ -119,10 +153,13 @@ class MemoryBackend:
         return stored is None or stored.content_hash != fingerprint(section, settings)
 
     @contextmanager
-    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int) -> Iterator[MemoryClaim | None]:
+    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
+                  collection: str | None = DEFAULT_COLLECTION) -> Iterator[MemoryClaim | None]:
         with self.lock:
             due = [section for section_id, section in sorted(self.sections.items())
                    if (after is None or section_id > after) and section_id not in self.held
+                   and (collection is None or self.collections[section_id] == collection)
+                   and (section_id, settings.model) not in self.leases
                    and self._due(section, settings)][:limit]
             ids = {section.id for section in due}
             self.held |= ids
@@ -140,3 +177,39 @@ class MemoryBackend:
                     for planned in claim.pending:
                         self._commit(settings.model, planned)
                 self.held -= ids
+
+    @contextmanager
+    def worker(self, command: str) -> Iterator[MemoryLeases]:
+        worker = f"{command}-{uuid.uuid4().hex}"
+        try:
+            yield MemoryLeases(self, worker)
+        finally:
+            with self.lock:
+                for key in [key for key, holder in self.leases.items() if holder == worker]:
+                    del self.leases[key]
+
+    def _selected(self, selection: Selection, section_id: str) -> bool:
+        section = self.sections[section_id]
+        source = section.source or ""
+        return self.collections[section_id] == selection.collection and (
+            selection.everything or section_id in selection.ids
+            or (selection.prefix is not None and section_id.startswith(selection.prefix))
+            or (section.source is not None and source in selection.files)
+            or (section.source is not None and any(source.startswith(folder) for folder in selection.folders)))
+
+    def selected_ids(self, selection: Selection) -> list[str]:
+        with self.lock:
+            return sorted(i for i in self.sections if self._selected(selection, i))
+
+    def delete_selected(self, selection: Selection) -> Deleted:
+        with self.lock:
+            doomed = set(self.selected_ids(selection))
+            vectors = 0
+            for table in (self.vectors, self.failures, self.leases):
+                for key in [key for key in table if key[0] in doomed]:
+                    vectors += table is self.vectors
+                    del table[key]
+            for section_id in doomed:
+                del self.sections[section_id]
+                del self.collections[section_id]
+        return Deleted(len(doomed), vectors)

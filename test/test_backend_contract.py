@@ -24,7 +24,7 @@ from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.sections import get_section
 from core.postgres.vectors import read_embedding
-from core.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, VectorRow, check_vector
+from core.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, check_vector
 from memory_backend import MemoryBackend
 
 SETTINGS = EmbeddingSettings("model-a", 4)
@@ -378,3 +378,133 @@ def test_claims_from_many_threads_share_the_work_without_overlap(subject):
         list(pool.map(worker, range(4)))  # re-raises what a worker raised
     assert sorted(seen) == sorted(by_id)  # each section claimed (and embedded) exactly once
     assert len(backend.stored_hashes("model-a", list(by_id))) == 60
+
+
+# -- collections and sources -------------------------------------------------------------------------
+
+
+def test_a_section_stays_in_its_collection_and_another_collection_never_touches_it(subject):
+    backend = subject.backend
+    assert backend.upsert_sections([Section("a", "t", "c"), Section("b", "t", "c")], "docs") == 2
+    assert backend.foreign_sections(["a", "b", "new"], "blog") == {"a": "docs", "b": "docs"}
+    assert backend.foreign_sections(["a", "new"], "docs") == {}
+    assert backend.upsert_sections([Section("a", "t", "rewritten by blog")], "blog") == 0
+    assert subject.section("a") == ("t", "c", None)
+    assert backend.upsert_sections([Section("a", "t", "edited")], "docs") == 1
+    assert subject.section("a") == ("t", "edited", None)
+
+
+def test_sync_claims_stay_inside_a_collection_unless_asked_for_every_one(subject):
+    backend = subject.backend
+    backend.upsert_sections(_sections(3, "d"), "docs")
+    backend.upsert_sections(_sections(2, "p"), "python")
+    with backend.claim_due(SETTINGS, None, 10, "docs") as claim:
+        assert _ids(claim) == ["d0", "d1", "d2"]
+    with backend.claim_due(SETTINGS, None, 10, "nothing-here") as claim:
+        assert claim is None
+    with backend.claim_due(SETTINGS, None, 10, None) as claim:
+        assert _ids(claim) == ["d0", "d1", "d2", "p0", "p1"]
+
+
+def _sourced(section_id: str, source: str | None) -> Section:
+    return Section(section_id, "t", f"content of {section_id}", source=source)
+
+
+def test_selections_match_ids_prefixes_files_and_folders_inside_one_collection(subject):
+    backend = subject.backend
+    backend.upsert_sections([_sourced("guide.md", "/docs/guide.md"), _sourced("guide.md#install", "/docs/guide.md"),
+                             _sourced("api/x.md", "/docs/api/x.md"), _sourced("given", None),
+                             _sourced("docsy", "/docsy/a.md")], "docs")
+    backend.upsert_sections([_sourced("other", "/docs/guide.md")], "blog")
+    pick = lambda **kw: backend.selected_ids(Selection("docs", **kw))  # noqa: E731
+    assert pick(ids=("given", "nope", "other")) == ["given"]
+    assert pick(prefix="guide.md") == ["guide.md", "guide.md#install"]
+    assert pick(files=("/docs/guide.md",)) == ["guide.md", "guide.md#install"]
+    assert pick(folders=("/docs/",)) == ["api/x.md", "guide.md", "guide.md#install"]
+    assert pick(everything=True) == ["api/x.md", "docsy", "given", "guide.md", "guide.md#install"]
+    assert backend.selected_ids(Selection("blog", everything=True)) == ["other"]
+    assert pick() == []
+
+
+def test_a_source_left_out_keeps_what_is_stored_and_a_new_one_replaces_it(subject):
+    backend = subject.backend
+    backend.upsert_sections([_sourced("a", "/old/a.md")])
+    assert backend.upsert_sections([_sourced("a", None)]) == 0
+    assert backend.selected_ids(Selection(files=("/old/a.md",))) == ["a"]
+    assert backend.upsert_sections([_sourced("a", "/new/a.md")]) == 1
+    assert backend.selected_ids(Selection(files=("/new/a.md",))) == ["a"]
+
+
+def test_deleting_a_selection_takes_its_vectors_and_failures_and_nothing_else(subject):
+    backend = subject.backend
+    rows = _sections(4)
+    backend.upsert_sections(rows)
+    backend.upsert_sections([Section("kept", "t", "c")], "other")
+    backend.write_batch(SETTINGS, [_current(rows[0]), _current(rows[1])], [FailureRow("s2", "bad")])
+    backend.write_batch(OTHER, [_current(rows[0], OTHER)], [])
+    deleted = backend.delete_selected(Selection(ids=("s0", "s2", "kept")))
+    assert deleted == (2, 2)
+    assert subject.section("s0") is None and subject.vector("s0", OTHER.model) is None
+    assert subject.failure("s2", SETTINGS.model) is None
+    assert subject.section("s1") is not None and subject.vector("s1", SETTINGS.model) is not None
+    assert subject.section("kept") is not None
+    assert backend.delete_selected(Selection(everything=True)) == (2, 1)
+    assert subject.section("kept") is not None
+
+
+# -- leases ------------------------------------------------------------------------------------------
+
+
+def _wanted(sections: list[Section], settings: EmbeddingSettings = SETTINGS) -> dict[str, bytes]:
+    return {section.id: fingerprint(section, settings) for section in sections}
+
+
+def test_a_leased_section_is_skipped_by_other_runs_and_by_sync_until_its_result_is_written(subject):
+    backend = subject.backend
+    rows = _sections(3)
+    backend.upsert_sections(rows)
+    with backend.worker("ingest") as first, backend.worker("ingest") as second:
+        assert first.take(SETTINGS, _wanted(rows[:2])) == {"s0", "s1"}
+        assert second.take(SETTINGS, _wanted(rows)) == {"s2"}
+        assert first.take(OTHER, _wanted(rows[:1], OTHER)) == {"s0"}  # a lease is per model
+        with backend.claim_due(SETTINGS, None, 10) as claim:
+            assert claim is None  # all three are leased
+        backend.write_batch(SETTINGS, [_current(rows[0])], [FailureRow("s1", "refused")])
+        # s0 is stored as wanted: nobody takes it again; s1 failed: free for another attempt
+        assert second.take(SETTINGS, _wanted(rows[:2])) == {"s1"}
+    with backend.claim_due(SETTINGS, None, 10) as claim:  # the runs ended: their leases went with them
+        assert _ids(claim) == ["s1", "s2"]
+
+
+def test_a_lease_is_only_taken_for_a_section_still_due_with_that_fingerprint(subject):
+    backend = subject.backend
+    rows = _sections(2)
+    backend.upsert_sections(rows)
+    backend.write_batch(SETTINGS, [_current(rows[0])], [])
+    edited = Section("s0", "Title 0", "edited since")
+    with backend.worker("ingest") as run:
+        assert run.take(SETTINGS, _wanted(rows)) == {"s1"}
+        backend.upsert_sections([edited])
+        assert run.take(SETTINGS, _wanted([edited])) == {"s0"}
+        assert run.take(SETTINGS, {"gone": b"x" * 16}) == set()
+
+
+def test_a_section_held_by_a_sync_claim_is_not_leased(subject):
+    backend = subject.backend
+    rows = _sections(2)
+    backend.upsert_sections(rows)
+    held, release = threading.Event(), threading.Event()
+
+    def claim() -> None:
+        with backend.claim_due(SETTINGS, None, 1) as claim:
+            assert _ids(claim) == ["s0"]
+            held.set()
+            release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(claim)
+        assert held.wait(10)
+        with backend.worker("ingest") as run:
+            assert run.take(SETTINGS, _wanted(rows)) == {"s1"}
+        release.set()
+        future.result()

@@ -571,7 +571,25 @@ def test_status_reports_per_model(store, db):
     assert status["second"]["indexed"] == {16: True}
     only = store.status("never-seen")
     assert only == {"never-seen": {"sections": 20, "embedded": 0, "current": 0, "stale": 0, "missing": 20,
-                                   "failed": 0, "dimensions": [], "indexed": {}, "top_failure_reasons": []}}
+                                   "failed": 0, "dimensions": [], "indexed": {}, "top_failure_reasons": [],
+                                   "collections": {"default": {"sections": 20, "embedded": 0, "stale": 0,
+                                                               "missing": 20, "failed": 0}}}}
+
+
+def test_status_counts_each_collection_and_can_keep_to_one(store):
+    store.ingest(_sections(6), FakeStreamingEmbedder(), collection="docs")
+    store.ingest([{"id": "p1", "title": "t", "content": "POISON"}, {"id": "p2", "title": "t", "content": "fine"}],
+                 FakeStreamingEmbedder(), collection="python")
+    store.upsert_sections([{"id": "p3", "title": "t", "content": "not yet"}], collection="python")
+    assert store.collections() == {"docs": 6, "python": 3}
+    model = store.status()["fake-model"]
+    assert (model["sections"], model["embedded"], model["missing"], model["failed"]) == (9, 7, 2, 1)
+    assert model["collections"] == {
+        "docs": {"sections": 6, "embedded": 6, "stale": 0, "missing": 0, "failed": 0},
+        "python": {"sections": 3, "embedded": 1, "stale": 0, "missing": 2, "failed": 1}}
+    only = store.status(collection="python")["fake-model"]
+    assert (only["sections"], only["embedded"], only["missing"], only["failed"]) == (3, 1, 2, 1)
+    assert list(only["collections"]) == ["python"]
 
 
 def test_store_repr_and_errors_never_show_the_password(embedded_pg):

@@ -6,13 +6,24 @@ recorded until it succeeds) hold for any backend that passes the contract suite.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from core.records import EmbeddingSettings, FailureRow, Section, VectorRow, WriteResult
+from core.records import DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, WriteResult
 
-__all__ = ["Backend", "Claim"]
+__all__ = ["Backend", "Claim", "Leases"]
+
+
+class Leases(Protocol):
+    """One running ingest's hold on the sections it is embedding, so no concurrent run pays for
+    them again. The hold ends when their results are written, when the run ends, or when the
+    run dies (a crashed run never blocks anyone for long)."""
+
+    def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        """Lease the sections of ``wanted`` (id → the fingerprint about to be embedded) that are
+        still due and held by no other run (no live lease, no sync claim); the ids now held."""
+        ...
 
 
 class Claim(Protocol):
@@ -39,8 +50,13 @@ class Claim(Protocol):
 
 
 class Backend(Protocol):
-    def upsert_sections(self, sections: Sequence[Section]) -> int:
-        """Insert or update sections (unique by id) in one transaction; a None metadata keeps what is stored."""
+    def upsert_sections(self, sections: Sequence[Section], collection: str = DEFAULT_COLLECTION) -> int:
+        """Insert or update sections (unique by id) of ``collection`` in one transaction; a None
+        metadata or source keeps what is stored; a section stored in another collection is left alone."""
+        ...
+
+    def foreign_sections(self, section_ids: Sequence[str], collection: str) -> dict[str, str]:
+        """Of these ids, those another collection holds, with its name (ids are unique across collections)."""
         ...
 
     def stored_hashes(self, model: str, section_ids: Sequence[str]) -> dict[str, bytes]:
@@ -54,13 +70,26 @@ class Backend(Protocol):
         A success clears the section's failure; a vector for a section that no longer exists is
         reported in ``missing`` and nothing is written for it (a failure for one is dropped: there
         is nothing to refer to); a vector that cannot be stored is ``rejected`` and recorded as a
-        failure. Reasons are stored as ``records.stored_reason`` makes them.
+        failure. Reasons are stored as ``records.stored_reason`` makes them. The leases of the
+        sections written are released in the same transaction.
         """
         ...
 
-    def claim_due(self, settings: EmbeddingSettings, after: str | None,
-                  limit: int) -> AbstractContextManager[Claim | None]:
-        """Claim up to ``limit`` due sections after ``after`` (id order) that no other claim holds;
-        None when there are none. Leaving the context commits what was written, or on an
-        exception undoes it."""
+    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
+                  collection: str | None = DEFAULT_COLLECTION) -> AbstractContextManager[Claim | None]:
+        """Claim up to ``limit`` due sections of ``collection`` (None: every collection) after
+        ``after`` (id order) that no other claim or lease holds; None when there are none. Leaving
+        the context commits what was written, or on an exception undoes it."""
+        ...
+
+    def worker(self, command: str) -> AbstractContextManager[Leases]:
+        """A registered run that can take leases; leaving the context releases them all."""
+        ...
+
+    def selected_ids(self, selection: Selection) -> list[str]:
+        """The ids a selection matches, in id order."""
+        ...
+
+    def delete_selected(self, selection: Selection) -> Deleted:
+        """Delete what a selection matches (with its vectors, failures and leases) in one transaction."""
         ...

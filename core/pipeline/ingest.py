@@ -5,9 +5,17 @@ sections at a time are validated, upserted and checked against their stored fing
 ones go to the embedder as it asks for them; its outcomes go through the writer thread's bounded
 queue, so embedding and writing overlap.
 
+Concurrent runs pay once: before a due section goes to the embedder the run leases it
+(``Backend.worker``/``Leases.take``); a section another run holds is skipped and counted in
+``busy_count``. Sections are stored in ``IngestOptions.collection``; an id another collection holds
+is refused (a failure with its reason), never moved. With ``IngestOptions.prune`` the ids read are
+kept and, after a run that ended well, what the named sources no longer hold is deleted
+(``core.pipeline.prune``).
+
 A stop (an exception from the embedder, such as ``ProviderFatalError`` on quota/auth failures, or
 KeyboardInterrupt; or a database error in the writer) writes everything that arrived, records
-nothing for sections never answered, and re-raises with the partial summary as ``error.result``.
+nothing for sections never answered, prunes nothing, and re-raises with the partial summary as
+``error.result``.
 """
 from __future__ import annotations
 
@@ -19,10 +27,12 @@ from itertools import islice
 from typing import Any
 
 from core.fingerprint import EMPTY_CONTENT, Due, split_current
-from core.pipeline.backend import Backend
+from core.pipeline.backend import Backend, Leases
+from core.pipeline.prune import Pruned, prune_unseen
 from core.pipeline.tally import ProgressCallback, Tally
 from core.pipeline.writer import Writer
-from core.records import Embedder, EmbeddingOutcome, FailureRow, IngestSummary, Rejected, Section, VectorRow, coerce_section
+from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingOutcome, FailureRow, IngestSummary, Rejected, Section,
+                          Selection, VectorRow, coerce_section, collection_problem)
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "chunked", "dedupe", "ingest",
            "valid_sections"]
@@ -41,10 +51,17 @@ class IngestOptions:
     write_batch: int = DEFAULT_WRITE_BATCH
     queue_size: int | None = None  # outcomes waiting for the writer (default 2 x write_batch)
     flush_interval: float = 0.25  # the longest an outcome waits before it is written
+    collection: str = DEFAULT_COLLECTION
+    prune: Selection | None = None  # the files and folders read: delete what they no longer hold
+    dry_run_prune: bool = False  # with prune: list what would be deleted, delete nothing
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.write_batch < 1:
             raise ValueError("chunk_size and write_batch must be positive")
+        if problem := collection_problem(self.collection):
+            raise ValueError(problem)
+        if self.prune is not None and self.prune.collection != self.collection:
+            raise ValueError("a prune stays inside the run's collection")
 
 
 @dataclass(slots=True)
@@ -53,6 +70,7 @@ class Run:
 
     summary: IngestSummary
     dimensions: set[int] = field(default_factory=set)
+    pruned: Pruned | None = None
 
 
 def dedupe(sections: Iterable[Section]) -> list[Section]:
@@ -92,12 +110,22 @@ def chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
            on_progress: ProgressCallback | None = None) -> Run:
+    with backend.worker("ingest") as leases:
+        run, seen = _ingest(backend, leases, sections, embedder, options, on_progress)
+    if options.prune is not None:
+        run.pruned = prune_unseen(backend, options.prune, seen, dry_run=options.dry_run_prune)
+    return run
+
+
+def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
+            on_progress: ProgressCallback | None) -> tuple[Run, set[str]]:
     settings = embedder.settings
     tally = Tally(on_progress)
     writer = Writer(backend, settings, tally, batch_size=options.write_batch,
                     queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval)
     pending: dict[Hashable, Due] = {}
     pending_lock = threading.Lock()
+    seen: set[str] = set()  # ids read, kept only when a prune needs them
 
     def feed() -> Iterator[tuple[int, str]]:
         seq = 0
@@ -106,14 +134,26 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
             rows = dedupe(valid_sections(chunk, rejected))
             for bad in rejected:
                 tally.fail(bad.section_id, bad.reason)
+            if options.prune is not None:
+                seen.update(row.id for row in rows)
+                seen.update(bad.section_id for bad in rejected if bad.section_id is not None)
+            if rows and (foreign := backend.foreign_sections([row.id for row in rows], options.collection)):
+                for section_id, collection in foreign.items():
+                    tally.fail(section_id, f"section id is already stored in collection {collection!r}; "
+                                           "ids are unique across collections")
+                rows = [row for row in rows if row.id not in foreign]
             if not rows:
                 continue
-            backend.upsert_sections(rows)
+            backend.upsert_sections(rows, options.collection)
             split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
             for blank in split.blank:
                 writer.put(FailureRow(blank.id, EMPTY_CONTENT))
             tally.skip(split.unchanged)
+            held = leases.take(settings, {due.section.id: due.digest for due in split.due})
+            tally.busy_elsewhere(len(split.due) - len(held))
             for due in split.due:
+                if due.section.id not in held:
+                    continue
                 seq += 1
                 with pending_lock:
                     pending[seq] = due
@@ -156,4 +196,4 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
     if failure is not None:
         attach_result(failure, result)
         raise failure
-    return Run(result, set(tally.dimensions))
+    return Run(result, set(tally.dimensions)), seen

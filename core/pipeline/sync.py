@@ -15,7 +15,7 @@ from core.fingerprint import EMPTY_CONTENT, Due, split_current
 from core.pipeline.backend import Backend
 from core.pipeline.ingest import NOT_EMBEDDED, Run, attach_result
 from core.pipeline.tally import ProgressCallback, Tally
-from core.records import Embedder, FailureRow, Section, VectorRow
+from core.records import DEFAULT_COLLECTION, Embedder, FailureRow, Section, VectorRow
 
 __all__ = ["sync"]
 
@@ -23,8 +23,9 @@ NOTHING_STORED: dict[str, bytes] = {}  # claimed sections are due by the claim's
 
 
 def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit: int | None = None,
-         on_progress: ProgressCallback | None = None) -> Run:
-    """``limit`` caps the sections claimed by this call; ``skipped_count`` is 0 (only due sections are claimed)."""
+         on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION) -> Run:
+    """``limit`` caps the sections claimed by this call; ``skipped_count`` is 0 (only due sections are
+    claimed); ``collection`` None syncs every collection."""
     settings = embedder.settings
     tally = Tally(on_progress)
     billed_before = embedder.total_tokens
@@ -34,7 +35,7 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
         n = claim_batch if limit is None else min(claim_batch, limit - claimed_total)
         stopped: BaseException | None = None
         try:
-            with backend.claim_due(settings, after, n) as claim:
+            with backend.claim_due(settings, after, n, collection) as claim:
                 if claim is None:
                     break
                 after = claim.last_id

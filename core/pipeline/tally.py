@@ -19,6 +19,7 @@ class Tally:
         self.success = 0
         self.failed = 0
         self.skipped = 0
+        self.busy = 0  # of the skipped: due, but another run holds them
         self.tokens = 0
         self.errors: dict[str, str] = {}
         self.dimensions: set[int] = set()  # dimensions of the vectors written
@@ -32,6 +33,12 @@ class Tally:
     def skip(self, count: int) -> None:
         with self.lock:
             self.skipped += count
+
+    def busy_elsewhere(self, count: int) -> None:
+        if count:
+            with self.lock:
+                self.skipped += count
+                self.busy += count
 
     def add_tokens(self, tokens: int) -> None:
         with self.lock:
@@ -82,7 +89,7 @@ class Tally:
 
     def result(self) -> IngestSummary:
         with self.lock:
-            return IngestSummary(
+            summary = IngestSummary(
                 success_count=self.success,
                 failed_count=self.failed,
                 total_tokens=self.tokens,
@@ -90,3 +97,6 @@ class Tally:
                 skipped_count=self.skipped,
                 errors=dict(self.errors),
             )
+            if self.busy:
+                summary["busy_count"] = self.busy
+            return summary

@@ -1,18 +1,24 @@
 """The pipeline's ``Backend`` on Postgres/pgvector: each method one transaction on a pooled connection."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from core.postgres import claims, sections, vectors
+from core.postgres import claims, leases, sections, vectors
 from core.postgres.database import Database
-from core.records import EmbeddingSettings, FailureRow, Section, VectorRow, WriteResult
+from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow,
+                          WriteResult)
 
-__all__ = ["PostgresBackend", "PostgresClaim"]
+__all__ = ["PostgresBackend", "PostgresClaim", "PostgresLeases"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -29,13 +35,27 @@ class PostgresClaim:
         return vectors.write_batch(self.conn, self.settings, successes, failures)
 
 
+@dataclass(slots=True)
+class PostgresLeases:
+    database: Database
+    worker: uuid.UUID
+
+    def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        with self.database.connection() as conn:
+            return leases.take(conn, self.worker, settings.model, wanted)
+
+
 class PostgresBackend:
     def __init__(self, database: Database):
         self.database = database
 
-    def upsert_sections(self, rows: Sequence[Section]) -> int:
+    def upsert_sections(self, rows: Sequence[Section], collection: str = DEFAULT_COLLECTION) -> int:
         with self.database.connection() as conn, conn.transaction():
-            return sections.upsert_sections(conn, rows)
+            return sections.upsert_sections(conn, rows, collection)
+
+    def foreign_sections(self, section_ids: Sequence[str], collection: str) -> dict[str, str]:
+        with self.database.connection() as conn:
+            return sections.foreign_sections(conn, section_ids, collection)
 
     def stored_hashes(self, model: str, section_ids: Sequence[str]) -> dict[str, bytes]:
         with self.database.connection() as conn:
@@ -43,14 +63,58 @@ class PostgresBackend:
 
     def write_batch(self, settings: EmbeddingSettings, successes: Sequence[VectorRow],
                     failures: Sequence[FailureRow]) -> WriteResult:
-        with self.database.connection() as conn:
-            return vectors.write_batch(conn, settings, successes, failures)
+        with self.database.connection() as conn, conn.transaction():
+            result = vectors.write_batch(conn, settings, successes, failures)
+            leases.release(conn, settings.model, [row[0] for row in successes] + [row[0] for row in failures])
+            return result
 
     @contextmanager
-    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int) -> Iterator[PostgresClaim | None]:
+    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
+                  collection: str | None = DEFAULT_COLLECTION) -> Iterator[PostgresClaim | None]:
+        if after is None:  # a new pass: leases of runs that died are not worth waiting for
+            with self.database.connection() as conn:
+                leases.reap(conn)
         with self.database.connection() as conn, conn.transaction():
-            claimed = claims.claim_due(conn, settings, after, limit)
+            claimed = claims.claim_due(conn, settings, after, limit, collection)
             if claimed is None:
                 yield None
             else:
                 yield PostgresClaim(conn, settings, claimed.sections, claimed.claimed, claimed.last_id)
+
+    @contextmanager
+    def worker(self, command: str) -> Iterator[PostgresLeases]:
+        """Register a worker (reaping dead ones first), beat on a thread while the run lasts, and
+        end it (its leases with it) however the run ends."""
+        with self.database.connection() as conn:
+            leases.reap(conn)
+            worker = leases.register_worker(conn, command)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(leases.BEAT_INTERVAL):
+                try:
+                    with self.database.connection() as conn:
+                        leases.beat(conn, worker, command)
+                except Exception:  # a missed beat costs nothing until WORKER_TTL; the run reports its own errors
+                    _log.debug("heartbeat failed", exc_info=True)
+
+        beating = threading.Thread(target=beat, name="sections-heartbeat", daemon=True)
+        beating.start()
+        try:
+            yield PostgresLeases(self.database, worker)
+        finally:
+            stop.set()
+            beating.join()
+            try:
+                with self.database.connection() as conn:
+                    leases.end_worker(conn, worker)
+            except Exception:  # the database is gone: the worker is reaped when its beat ages
+                _log.debug("ending worker %s failed", worker, exc_info=True)
+
+    def selected_ids(self, selection: Selection) -> list[str]:
+        with self.database.connection() as conn:
+            return sections.selected_ids(conn, selection)
+
+    def delete_selected(self, selection: Selection) -> Deleted:
+        with self.database.connection() as conn, conn.transaction():
+            return sections.delete_selected(conn, selection)

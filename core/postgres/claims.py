@@ -14,7 +14,7 @@ from psycopg import sql
 
 from core.records import EmbeddingSettings, Section
 
-__all__ = ["Claimed", "claim_due"]
+__all__ = ["Claimed", "claim_due", "due_sections"]
 
 # Probes the primary key of section_embeddings per row (a scalar subquery: no join that would
 # rescan the model's rows); a missing vector, a NULL hash and a different hash all compare "distinct".
@@ -23,16 +23,23 @@ _STALE = sql.SQL(
     " where e.section_id = s.id and e.model_name = %(model)s)"
     " is distinct from sections_content_hash(s.title, s.content, %(model)s, %(dims)s, %(policy)s)"
 )
+# A section an ingest holds a lease on is being embedded there (core.postgres.leases).
+_FREE = sql.SQL(
+    "not exists (select 1 from section_leases l where l.section_id = s.id and l.model_name = %(model)s)"
+)
 _CLAIM = sql.SQL(
-    "select s.id from sections s where {after} {stale} "
+    "select s.id from sections s where {after} {collection} {stale} and {free} "
     "order by s.id limit %(n)s for no key update skip locked"
 )
 # Under READ COMMITTED the claim's filter saw the snapshot taken before its row locks were
 # granted: a row another worker embedded and committed in between is locked fine and still
 # looks stale. A second statement (a fresh snapshot, our locks now held) drops those.
 _RECHECK = sql.SQL(
-    "select s.id, s.title, s.content from sections s where s.id = any(%(ids)s) and {stale} order by s.id"
-).format(stale=_STALE)
+    "select s.id, s.title, s.content from sections s where s.id = any(%(ids)s) and {stale} and {free} order by s.id"
+).format(stale=_STALE, free=_FREE)
+_DUE = sql.SQL(
+    "select s.id, s.title, s.content from sections s where {after} {collection} {stale} order by s.id limit %(n)s"
+)
 
 
 class Claimed(NamedTuple):
@@ -43,18 +50,36 @@ class Claimed(NamedTuple):
     last_id: str
 
 
+def _params(settings: EmbeddingSettings, after: str | None, limit: int, collection: str | None) -> dict[str, Any]:
+    return {"model": settings.model, "dims": settings.dimensions, "policy": settings.long_input_name, "n": limit,
+            "after": after, "collection": collection}
+
+
+def _filters(after: str | None, collection: str | None) -> dict[str, sql.Composable]:
+    return {"after": sql.SQL("s.id > %(after)s and") if after is not None else sql.SQL(""),
+            "collection": sql.SQL("s.collection = %(collection)s and") if collection is not None else sql.SQL(""),
+            "stale": _STALE}
+
+
 def claim_due(conn: psycopg.Connection[Any], settings: EmbeddingSettings, after: str | None,
-              limit: int) -> Claimed | None:
-    """Lock the next ``limit`` due sections after ``after`` (in id order); None when none are left.
+              limit: int, collection: str | None) -> Claimed | None:
+    """Lock the next ``limit`` due sections of ``collection`` (None: any) after ``after`` (in id
+    order) that no ingest holds a lease on; None when none are left.
 
     Must run inside the caller's transaction, which holds the locks until it ends.
     """
-    params: dict[str, Any] = {"model": settings.model, "dims": settings.dimensions,
-                              "policy": settings.long_input_name, "n": limit, "after": after}
-    query = _CLAIM.format(after=sql.SQL("s.id > %(after)s and") if after is not None else sql.SQL(""), stale=_STALE)
+    params = _params(settings, after, limit, collection)
+    query = _CLAIM.format(free=_FREE, **_filters(after, collection))
     ids = [row[0] for row in conn.execute(query, params).fetchall()]
     if not ids:
         return None
     rows = conn.execute(_RECHECK, {**params, "ids": ids}).fetchall()
     sections = [Section(section_id, title or "", content or "") for section_id, title, content in rows]
     return Claimed(sections, len(ids), ids[-1])
+
+
+def due_sections(conn: psycopg.Connection[Any], settings: EmbeddingSettings, after: str | None, limit: int,
+                 collection: str | None) -> list[Section]:
+    """The next ``limit`` due sections after ``after``, read without locking (what a dry run counts)."""
+    rows = conn.execute(_DUE.format(**_filters(after, collection)), _params(settings, after, limit, collection)).fetchall()
+    return [Section(section_id, title or "", content or "") for section_id, title, content in rows]

@@ -25,9 +25,11 @@ __all__ = [
     "index_cast",
     "index_memory",
     "index_name",
+    "index_prefix",
     "search_cast",
     "stored_dimensions",
     "has_enough_rows",
+    "unindexed",
 ]
 
 HNSW_MAX_DIMENSIONS = 2000  # pgvector's limit for indexing the vector type
@@ -41,10 +43,15 @@ class StoredDimension(NamedTuple):
     rows: int
 
 
-def index_name(model_name: str, dimensions: int) -> str:
-    """The HNSW index for one model and dimension: a fixed prefix, a hash of the name, the dimension."""
+def index_prefix(model_name: str) -> str:
+    """What the names of a model's indexes start with: a fixed prefix and a hash of the model name."""
     tag = hashlib.blake2b(model_name.encode("utf-8"), digest_size=8).hexdigest()
-    return f"section_embeddings_hnsw_{tag}_{int(dimensions)}"
+    return f"section_embeddings_hnsw_{tag}_"
+
+
+def index_name(model_name: str, dimensions: int) -> str:
+    """The HNSW index for one model and dimension."""
+    return f"{index_prefix(model_name)}{int(dimensions)}"
 
 
 def has_halfvec(conn: psycopg.Connection[Any]) -> bool:
@@ -95,6 +102,15 @@ def has_enough_rows(conn: psycopg.Connection[Any], model_name: str, dimensions: 
         (model_name, dimensions, min_rows),
     ).fetchone()
     return bool(row and row[0] >= min_rows)
+
+
+def unindexed(conn: psycopg.Connection[Any], model_name: str, dimensions: set[int], min_rows: int | None) -> list[int]:
+    """Of ``dimensions``, those pgvector can index that have no index yet (and, with ``min_rows``,
+    at least that many vectors), in order."""
+    halfvec = has_halfvec(conn)
+    return [dims for dims in sorted(dimensions)
+            if index_cast(dims, halfvec) is not None and not has_index(conn, model_name, dims)
+            and (min_rows is None or has_enough_rows(conn, model_name, dims, min_rows))]
 
 
 def build_indexes(conn: psycopg.Connection[Any], model_name: str, *, dimensions: int | None, m: int,

@@ -42,8 +42,9 @@ class Match(TypedDict):
 
 
 def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: int,
-                  snippet_chars: int = SNIPPET_CHARS) -> sql.Composed:
-    """The k-NN query, with the exact expression and literal predicates of the partial index."""
+                  snippet_chars: int = SNIPPET_CHARS, collection: str | None = None) -> sql.Composed:
+    """The k-NN query, with the exact expression and literal predicates of the partial index;
+    ``collection`` (None: all) filters the index's candidates."""
     # the server is asked about halfvec only where the answer matters: no round trip per query below 2,000 dims
     halfvec = dimensions > HNSW_MAX_DIMENSIONS and has_halfvec(conn)
     typed = sql.SQL(f"{search_cast(dimensions, halfvec)}({int(dimensions)})")
@@ -51,25 +52,38 @@ def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: in
         "select s.id, s.title, (1 - (e.embedding::{t} <=> %(q)b::{t}))::float8 as score, "
         "left(s.content, {snip}) as snippet, s.metadata "
         "from section_embeddings e join sections s on s.id = e.section_id "
-        "where e.model_name = {model} and e.dimensions = {d} "
+        "where e.model_name = {model} and e.dimensions = {d} {collection}"
         "order by e.embedding::{t} <=> %(q)b::{t} limit %(k)s"
     ).format(t=typed, snip=sql.SQL(str(int(snippet_chars))), model=sql.Literal(model_name),
-             d=sql.SQL(str(int(dimensions))))
+             d=sql.SQL(str(int(dimensions))),
+             collection=sql.SQL("and s.collection = %(collection)s ") if collection is not None else sql.SQL(""))
+
+
+# pgvector >= 0.8 keeps scanning the index until a filter has let enough rows through; older
+# versions reserve the "hnsw." prefix and refuse the setting, so it is set only where it exists.
+_SCAN_SETTINGS = (
+    "select set_config('hnsw.ef_search', %(ef)s, true), "
+    "case when %(filtered)s and exists (select 1 from pg_settings where name = 'hnsw.iterative_scan') "
+    "then set_config('hnsw.iterative_scan', 'relaxed_order', true) end"
+)
 
 
 def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, k: int,
-            group: bool = False) -> list[Hit]:
-    """The ``k`` nearest sections, best first. An HNSW scan returns at most ``hnsw.ef_search`` rows,
-    so it is raised to the rows asked for (up to 1000) for this transaction.
+            group: bool = False, collection: str | None = None) -> list[Hit]:
+    """The ``k`` nearest sections of ``collection`` (None: any), best first. An HNSW scan returns
+    at most ``hnsw.ef_search`` rows, so it is raised to the rows asked for (up to 1000) for this
+    transaction; with a collection, pgvector 0.8's iterative scan keeps a small one from coming
+    back short.
 
     ``group``: one hit per parent section (its best chunk), so one long page cut into many chunks
     cannot fill every place; ``GROUP_OVERFETCH`` × k candidates are read to find k parents.
     """
     limit = min(MAX_EF_SEARCH, k * GROUP_OVERFETCH) if group else k
     with conn.transaction():
-        conn.execute("select set_config('hnsw.ef_search', %s, true)", (str(max(40, min(limit, MAX_EF_SEARCH))),))
-        rows = conn.execute(knn_statement(conn, model_name, vector.shape[0]), {"q": vector, "k": limit}).fetchall()
-    hits = [_hit(*row) for row in rows]
+        conn.execute(_SCAN_SETTINGS, {"ef": str(max(40, min(limit, MAX_EF_SEARCH))), "filtered": collection is not None})
+        rows = conn.execute(knn_statement(conn, model_name, vector.shape[0], collection=collection),
+                            {"q": vector, "k": limit, "collection": collection}).fetchall()
+    hits = sorted((_hit(*row) for row in rows), key=lambda hit: -hit["score"])  # relaxed order: sort the few
     if not group:
         return hits
     seen: set[str] = set()

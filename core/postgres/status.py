@@ -1,10 +1,11 @@
-"""Where each model stands: embedded, current, stale, missing, failed, dimensions, indexes.
+"""Where each model stands, per collection: embedded, current, stale, missing, failed, dimensions, indexes.
 
 ``stale`` is computed in SQL: the stored fingerprint against ``sections_content_hash`` of the
 section as it is now, with the settings each vector was made with, so no section leaves the server.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, TypedDict
 
 import psycopg
@@ -12,7 +13,15 @@ from psycopg import sql
 
 from core.postgres.index import has_index
 
-__all__ = ["ModelStatus", "status"]
+__all__ = ["CollectionStatus", "ModelStatus", "collection_sizes", "status"]
+
+
+class CollectionStatus(TypedDict):
+    sections: int
+    embedded: int
+    stale: int
+    missing: int
+    failed: int
 
 
 class ModelStatus(TypedDict):
@@ -25,55 +34,89 @@ class ModelStatus(TypedDict):
     dimensions: list[int]
     indexed: dict[int, bool]
     top_failure_reasons: list[tuple[str, int]]
+    collections: dict[str, CollectionStatus]
 
 
+_SECTIONS = "select s.collection, count(*) from sections s {where} group by s.collection"
 _EMBEDDED = """
-select e.model_name, count(*),
+select s.collection, e.model_name, count(*),
        count(*) filter (where e.content_hash is null or e.content_hash <>
            sections_content_hash(s.title, s.content, e.model_name, e.requested_dimensions, e.long_input)),
        array_agg(distinct e.dimensions)
   from section_embeddings e join sections s on s.id = e.section_id
-  {efilt}
- group by e.model_name
+  {where}
+ group by s.collection, e.model_name
 """
-_FAILED = "select model_name, count(*) from embedding_failures {filt} group by model_name"
+_FAILED = """
+select s.collection, f.model_name, count(*) from embedding_failures f join sections s on s.id = f.section_id
+ {where} group by s.collection, f.model_name
+"""
 _REASONS = """
 select model_name, reason, n from (
-    select model_name, reason, count(*) as n,
-           row_number() over (partition by model_name order by count(*) desc, reason) as rank
-      from embedding_failures {filt} group by model_name, reason) r
+    select f.model_name, f.reason, count(*) as n,
+           row_number() over (partition by f.model_name order by count(*) desc, f.reason) as rank
+      from embedding_failures f join sections s on s.id = f.section_id {where} group by f.model_name, f.reason) r
  where rank <= %(top)s order by model_name, n desc, reason
 """
 
 
-def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: int) -> dict[str, ModelStatus]:
-    """Per model (only ``model_name``'s when given, present even with nothing stored)."""
-    filt = sql.SQL("where model_name = %(m)s") if model_name is not None else sql.SQL("")
-    efilt = sql.SQL("where e.model_name = %(m)s") if model_name is not None else sql.SQL("")
-    params = {"m": model_name, "top": top_reasons}
+def _where(*conditions: sql.Composable | None) -> sql.Composable:
+    kept = [condition for condition in conditions if condition is not None]
+    return sql.SQL("where ") + sql.SQL(" and ").join(kept) if kept else sql.SQL("")
+
+
+def collection_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Sections per collection."""
+    rows = conn.execute(sql.SQL(_SECTIONS).format(where=sql.SQL(""))).fetchall()
+    return {name: int(n) for name, n in sorted(rows)}
+
+
+def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: int,
+           collection: str | None = None) -> dict[str, ModelStatus]:
+    """Per model (only ``model_name``'s when given, present even with nothing stored), over
+    ``collection`` (None: all of them), with the counts of each collection."""
+    in_collection = sql.SQL("s.collection = %(c)s") if collection is not None else None
+    params = {"m": model_name, "c": collection, "top": top_reasons}
     with conn.transaction():
-        total_row = conn.execute("select count(*) from sections").fetchone()
-        sections = int(total_row[0]) if total_row else 0
-        embedded = conn.execute(sql.SQL(_EMBEDDED).format(efilt=efilt), params).fetchall()
-        failed = {m: int(n) for m, n in conn.execute(sql.SQL(_FAILED).format(filt=filt), params).fetchall()}
-        reasons = conn.execute(sql.SQL(_REASONS).format(filt=filt), params).fetchall()
-        models = {row[0] for row in embedded} | set(failed)
+        sizes = {name: int(n) for name, n in conn.execute(
+            sql.SQL(_SECTIONS).format(where=_where(in_collection)), params).fetchall()}
+        embedded = conn.execute(sql.SQL(_EMBEDDED).format(where=_where(
+            in_collection, sql.SQL("e.model_name = %(m)s") if model_name is not None else None)), params).fetchall()
+        model_filter = sql.SQL("f.model_name = %(m)s") if model_name is not None else None
+        failed = conn.execute(sql.SQL(_FAILED).format(where=_where(in_collection, model_filter)), params).fetchall()
+        reasons = conn.execute(sql.SQL(_REASONS).format(where=_where(in_collection, model_filter)), params).fetchall()
+        per: dict[str, dict[str, CollectionStatus]] = defaultdict(dict)
+        dims: dict[str, set[int]] = defaultdict(set)
+
+        def counts(model: str, name: str) -> CollectionStatus:
+            size = sizes.get(name, 0)
+            return per[model].setdefault(name, CollectionStatus(sections=size, embedded=0, stale=0, missing=size, failed=0))
+
+        for name, model, count, stale, stored in embedded:
+            row = counts(model, name)
+            row["embedded"], row["stale"], row["missing"] = int(count), int(stale), row["sections"] - int(count)
+            dims[model] |= {int(d) for d in stored or [] if d is not None}
+        for name, model, count in failed:
+            counts(model, name)["failed"] = int(count)
         if model_name is not None:
-            models.add(model_name)
-        by_model = {row[0]: row for row in embedded}
+            per.setdefault(model_name, {})  # present even with nothing stored
         out: dict[str, ModelStatus] = {}
-        for model in sorted(models):
-            _, count, stale, dims = by_model.get(model, (model, 0, 0, []))
-            stored = sorted(int(d) for d in (dims or []) if d is not None)
+        for model in sorted(per):
+            for name in sizes:  # every collection counts what this model lacks there
+                counts(model, name)
+            rows = list(per[model].values())
+            embedded_n, stale_n = _total(rows, "embedded"), _total(rows, "stale")
+            stored = sorted(dims[model])
             out[model] = ModelStatus(
-                sections=sections,
-                embedded=count,
-                current=count - stale,
-                stale=stale,
-                missing=sections - count,
-                failed=failed.get(model, 0),
-                dimensions=stored,
+                sections=sum(sizes.values()), embedded=embedded_n, current=embedded_n - stale_n, stale=stale_n,
+                missing=_total(rows, "missing"), failed=_total(rows, "failed"), dimensions=stored,
                 indexed={d: has_index(conn, model, d) for d in stored},
                 top_failure_reasons=[(r[1], r[2]) for r in reasons if r[0] == model],
+                collections=dict(sorted(per[model].items())),
             )
     return out
+
+
+def _total(rows: list[CollectionStatus], key: str) -> int:
+    counts: list[int] = [row[key] for row in rows]  # type: ignore[literal-required]
+    return sum(counts)
