@@ -15,12 +15,15 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
+from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
+                             JsonOut, Model, Provider, build_service, chosen_collection, open_store)
+from core.cli_lifecycle import delete, drop_model, source_scope
+from core.records import DEFAULT_COLLECTION
 from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
 from core.errors import ProviderFatalError
-from core.redact import mask_url, scrub
+from core.redact import scrub
 from core.usage import estimate_cost_usd
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
 DEMO_QUERIES = {
     "how do I handle an exception and clean up afterwards": "try",
@@ -31,43 +34,10 @@ DEMO_QUERIES = {
     "import a module from a package": "import",
 }
 
+DEMO_COLLECTION = "demo"  # the demo's Python reference never mixes with the user's own sections
+
 app = typer.Typer(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
-
-Model = Annotated[str, typer.Option("--model", "-m", help="all-MiniLM-L6-v2 (local, the default), a local "
-                                    "sentence-transformers folder, or an OpenAI model (needs OPENAI_API_KEY).")]
-DatabaseUrl = Annotated[Optional[str], typer.Option(
-    "--database-url", help="Postgres/Supabase connection string (default: DATABASE_URL, else the embedded Postgres).",
-    show_default=False)]
-BaseUrl = Annotated[Optional[str], typer.Option(
-    "--base-url", help="Any OpenAI-compatible server (default: OPENAI_BASE_URL).", show_default=False)]
-Provider = Annotated[Optional[str], typer.Option("--provider", help="openai or local (default: from the model).")]
-Dimensions = Annotated[Optional[int], typer.Option("--dimensions", help="Shorter vectors (text-embedding-3 models).")]
-Concurrency = Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
-
-
-def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],
-                  **options: Any):
-    from core.embedding_service import EmbeddingService
-
-    try:
-        return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
-                                **{k: v for k, v in options.items() if v is not None})
-    except (ValueError, RuntimeError, OSError) as error:
-        fail(str(error))
-
-
-def open_store(database_url: Optional[str]):
-    from core.supabase_store import SupabaseStore
-
-    try:
-        return SupabaseStore(database_url, connect_timeout=15)
-    except Exception as error:  # any reason the database cannot be reached or prepared
-        where = mask_url(database_url) if database_url else "the database (DATABASE_URL or the embedded Postgres)"
-        message = str(error).strip()  # fail() masks any URL in it
-        fail(f"cannot open {where}: {message.splitlines()[0] if message else type(error).__name__}")
-
 
 def read_sources(paths: List[str], skip_invalid: bool):
     from core.sources import SourceError, open_sources
@@ -139,10 +109,16 @@ def ingest(
     chunk_overlap: Annotated[Optional[int], typer.Option(
         help="Tokens each chunk repeats from the one before (default: an eighth of a chunk, at most 64).",
         show_default=False)] = None,
+    collection: Collection = DEFAULT_COLLECTION,
+    prune: Annotated[bool, typer.Option("--prune", help="Afterwards, delete the sections of this collection read "
+                                        "from these files and folders before that this run no longer found.")] = False,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
+    name = chosen_collection(collection)
+    if prune and "-" in paths:
+        fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)
     if not json_out:
         for problem in source.problems[:20]:
@@ -153,11 +129,17 @@ def ingest(
                             long_input=long_input)
     reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)
     sections = chunked_source(source, service, chunk_tokens, chunk_overlap, reading)
+    scope = source_scope(paths, name) if prune else None
+    if scope is not None and source.problem_count:
+        err.print(f"--prune skipped: {source.problem_count} input record(s) were invalid, and the sections they "
+                  "held would have been pruned; fix them and run again", markup=False)
+        scope = None
     store = open_store(database_url)
     with store:
         if dry_run:
-            return dry_run_report(store, sections, reading, service, json_out)
-        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress),
+            return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
+        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
+                                                                collection=name, prune=scope),
                                   service, lambda: source.count + reading.stored - reading.read, reading,
                                   json_out, "ingest", "the same command")
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
@@ -169,27 +151,39 @@ def ingest(
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)
 
 
-def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, json_out: bool) -> None:
-    """What an ingest would embed and cost, from the stored fingerprints and exact token counts."""
+def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, json_out: bool, collection: str,
+                   scope, verbose: bool) -> None:
+    """What an ingest would embed, cost and prune, from the stored fingerprints and exact token counts."""
     from core.fingerprint import split_current
+    from core.pipeline.prune import prune_unseen
 
     unchanged = to_embed = tokens = 0
+    seen: set[str] = set()
     stream = iter(sections)
     while batch := list(islice(stream, 1000)):
         split = split_current(batch, service.settings, store.stored_hashes(service.model, [s.id for s in batch]))
         unchanged += split.unchanged
         to_embed += len(split.due)
         tokens += sum(service.tokenizer.count(due.text) for due in split.due)
-    report = {"model": service.model, "read": reading.read, "chunks": reading.stored, "invalid": reading.invalid,
-              "unchanged": unchanged,
-              "would_embed": to_embed, "tokens": tokens,
-              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+        seen.update(section.id for section in batch)
+    report: dict[str, Any] = {
+        "model": service.model, "collection": collection, "read": reading.read, "chunks": reading.stored,
+        "invalid": reading.invalid, "unchanged": unchanged, "would_embed": to_embed, "tokens": tokens,
+        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+    doomed = prune_unseen(store.backend, scope, seen, dry_run=True).ids if scope is not None else None
+    if doomed is not None:
+        report["would_prune"] = len(doomed)
     if json_out:
-        out.print_json(json.dumps(report))
+        out.print_json(json.dumps({**report, **({"prune_ids": doomed} if doomed is not None else {})}))
         return
-    print_table(f"dry run ({service.model}): nothing sent",
+    print_table(f"dry run ({service.model}, collection {collection}): nothing sent, nothing deleted",
                 {key.replace("_", " "): f"${value:.4f}" if key == "estimated_cost_usd" else f"{value:,}"
-                 for key, value in report.items() if key != "model"})
+                 for key, value in report.items() if key not in ("model", "collection")})
+    shown = doomed if verbose else (doomed or [])[:20]
+    for section_id in shown or []:
+        out.print(f"  would prune: {section_id}", markup=False)
+    if doomed and len(doomed) > len(shown or []):
+        out.print(f"  … and {len(doomed) - len(shown or []):,} more (--verbose lists them all)", markup=False)
 
 
 @app.command()
@@ -203,20 +197,26 @@ def search(
     dimensions: Dimensions = None,
     group: Annotated[bool, typer.Option(
         "--group/--no-group", help="One hit per section: the best of its chunks (--no-group lists every chunk).")] = True,
+    collection: Collection = DEFAULT_COLLECTION,
+    all_collections: AllCollections = False,
     json_out: JsonOut = False,
 ) -> None:
     """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with)."""
+    name = chosen_collection(collection, all_collections)
     service = build_service(model, base_url, provider, dimensions)
     with open_store(database_url) as store:
         try:
-            hits = store.search(query, service, k=k, group=group)
+            hits = store.search(query, service, k=k, group=group, collection=name)
         except ProviderFatalError as error:
             fail(str(error))
     if json_out:
         out.print_json(json.dumps(hits))
         return
     if not hits:
-        out.print(f"no sections embedded with {service.model} yet: run `sections ingest PATH --model {service.model}`")
+        where = f" in collection {name!r}" if name is not None else ""
+        out.print(f"no sections embedded with {service.model}{where} yet: run `sections ingest PATH "
+                  f"--model {service.model}" + (f" --collection {name}`" if name not in (None, DEFAULT_COLLECTION) else "`"),
+                  markup=False)
         return
     print_hits(query, hits)
 
@@ -224,20 +224,29 @@ def search(
 @app.command()
 def status(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Only this model.")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only this collection.")] = None,
     database_url: DatabaseUrl = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Per model: sections, embedded, stale, failed and the commonest failure reasons."""
+    """Collections and models: sections, embedded, stale, missing, failed and the commonest failure reasons."""
+    only = chosen_collection(collection) if collection is not None else None
     with open_store(database_url) as store:
-        report = store.status(model)
+        collections = store.collections()
+        report = store.status(model, collection=only)
+    if only is not None:
+        collections = {only: collections.get(only, 0)}
     if json_out:
-        out.print_json(json.dumps(report, default=list))
+        out.print_json(json.dumps({"collections": collections, "models": report}, default=list))
         return
-    if not report:
+    if not report and not any(collections.values()):
         out.print("nothing stored yet: run `sections ingest PATH`")
+        return
+    print_table("collections (sections)", collections)
     for name, row in report.items():  # one small table per model: readable in any terminal width
         print_table(name, {column: row.get(column, "") for column in
-                           ("sections", "embedded", "current", "stale", "missing", "failed", "dimensions", "indexed")})
+                           ("sections", "embedded", "current", "stale", "missing", "failed", "dimensions", "indexed")}
+                    | {f"in {c}": f"{n['embedded']:,} embedded, {n['stale']:,} stale, {n['missing']:,} missing, "
+                                  f"{n['failed']:,} failed" for c, n in row["collections"].items()})
     for name, row in report.items():
         for reason, count in row.get("top_failure_reasons", []):
             out.print(f"  {name}: failed x{count}: {scrub(reason)}", markup=False)
@@ -251,19 +260,51 @@ def sync(
     provider: Provider = None,
     dimensions: Dimensions = None,
     concurrency: Concurrency = None,
+    collection: Collection = DEFAULT_COLLECTION,
+    all_collections: AllCollections = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be embedded and its cost; call no API.")] = False,
     json_out: JsonOut = False,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
+    name = chosen_collection(collection, all_collections)
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency)
     with open_store(database_url) as store:
-        todo = store.status(service.model).get(service.model, {})
+        if dry_run:
+            return sync_dry_run(store, service, name, json_out)
+        todo = store.status(service.model, collection=name).get(service.model, {})
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
-        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress),
+        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name),
                                   service, lambda: total, reading, json_out, "sync", "sync")
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)
+
+
+def sync_dry_run(store, service, collection: Optional[str], json_out: bool) -> None:
+    """What a sync would embed now and its cost: the due sections, their exact token counts."""
+    from core.fingerprint import section_text
+
+    count = tokens = 0
+    first: list[str] = []
+    for section in store.due_sections(service.settings, collection):
+        count += 1
+        tokens += service.tokenizer.count(section_text(section.title, section.content))
+        if len(first) < 20:
+            first.append(section.id)
+    report = {"model": service.model, "collection": collection, "would_embed": count, "tokens": tokens,
+              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    where = "every collection" if collection is None else f"collection {collection}"
+    print_table(f"sync dry run ({service.model}, {where}): nothing sent",
+                {"would embed": f"{count:,}", "tokens": f"{tokens:,}",
+                 "estimated cost": f"${report['estimated_cost_usd']:.4f}"})
+    for section_id in first:
+        out.print(f"  due: {section_id}", markup=False)
+    if count > len(first):
+        out.print(f"  … and {count - len(first):,} more", markup=False)
 
 
 @app.command()
@@ -290,11 +331,16 @@ def demo(
     service = build_service(model, None, None, None)
     reading = Reading(read=len(sections), stored=len(sections))
     with open_store(database_url) as store:
-        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress),
+        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
+                                                                collection=DEMO_COLLECTION),
                                   service, lambda: len(sections), reading, False, "demo", "the demo")
         print_summary(result, service, reading, elapsed, json_out=False)
         for query in DEMO_QUERIES:
-            print_hits(query, store.search(query, service, k=3))
+            print_hits(query, store.search(query, service, k=3, collection=DEMO_COLLECTION))
+
+
+app.command()(delete)
+app.command("drop-model")(drop_model)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

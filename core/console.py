@@ -102,6 +102,8 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "files_not_read": dict(sorted(reading.unread.items())),
         "unchanged": result.get("skipped_count", 0),
         "embedded": result.get("success_count", 0),
+        "busy": result.get("busy_count", 0),
+        "pruned": result.get("pruned_count"),
         "failed": result.get("failed_count", 0),
         "failure_reasons": [{"reason": r, "count": n} for r, n in reasons],
         "failed_ids": result.get("failed_ids", [])[:20],
@@ -122,6 +124,8 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     rows = [("read", "read")] + ([("stored (after chunking)", "chunks")] if reading.chunked else [])
     rows += [("invalid (skipped)", "invalid"), ("unchanged", "unchanged"), ("embedded", "embedded"),
              ("failed", "failed"), ("tokens", "tokens")]
+    rows += [("left to another run embedding them", "busy")] if summary["busy"] else []
+    rows += [("pruned (gone from the sources)", "pruned")] if summary["pruned"] is not None else []
     for label, key in rows:
         table.add_row(label, f"{summary[key]:,}")
     for item in summary["skipped"]:

@@ -154,7 +154,8 @@ def test_status_sync_and_index(sim, database_url, db, corpus_file):
     db.execute("update sections set content = content || ' (changed)' where id = %s", (sections[0]["id"],))
     db.commit()
     report = json.loads(run("status", "--database-url", database_url, "--json").output)
-    assert report[MODEL]["stale"] == 1 and report[MODEL]["embedded"] == 120
+    assert report["collections"] == {"default": 120}
+    assert report["models"][MODEL]["stale"] == 1 and report["models"][MODEL]["embedded"] == 120
     synced = run("sync", *common(sim, database_url), "--json")
     assert synced.exit_code == 0 and json.loads(synced.output)["embedded"] == 1
     indexed = run("index", "--model", MODEL, "--database-url", database_url)
@@ -185,7 +186,7 @@ def test_simulate_help_lists_the_simulator_flags():
 
 
 def test_demo_with_the_local_model_finds_the_right_topics(database_url):
-    from core.cli import DEMO_QUERIES
+    from core.cli import DEMO_COLLECTION, DEMO_QUERIES
     from core.embedding_service import EmbeddingService
     from core.supabase_store import SupabaseStore
 
@@ -195,8 +196,10 @@ def test_demo_with_the_local_model_finds_the_right_topics(database_url):
     service = EmbeddingService(model="all-MiniLM-L6-v2")
     assert service.provider_name == "local"
     with SupabaseStore(database_url) as store:
+        assert store.collections() == {DEMO_COLLECTION: store.collections()[DEMO_COLLECTION]}
+        assert store.search("exceptions", service, k=1) == []  # the user's own collection stays clean
         for query, topic in DEMO_QUERIES.items():
-            top = store.search(query, service, k=1)[0]
+            top = store.search(query, service, k=1, collection=DEMO_COLLECTION)[0]
             assert top["id"].startswith(f"pydoc/{topic}#"), (query, top["id"])
 
 

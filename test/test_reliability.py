@@ -592,7 +592,7 @@ def test_hostile_ids_titles_metadata_and_model_names_through_the_cli_are_stored_
 
     model = HOSTILE_MODELS[0]
     status = cli("status", "--database-url", database_url, "--json")
-    assert set(json.loads(status.stdout)) == set(HOSTILE_MODELS)
+    assert set(json.loads(status.stdout)["models"]) == set(HOSTILE_MODELS)
     assert cli("index", "--model", model, "--database-url", database_url).exit_code == 0
     target = HOSTILE_SECTIONS[1]
     found = cli("search", section_text(target["title"], target["content"]), "-k", "2",

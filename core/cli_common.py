@@ -1,0 +1,72 @@
+"""What the ``sections`` commands share: their options, and opening the service and the store.
+
+Kept apart from ``core.cli`` so the command modules (``cli.py``, ``cli_lifecycle.py``) each stay
+small; nothing here parses arguments itself.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from core.console import fail
+from core.records import DEFAULT_COLLECTION, collection_problem
+from core.redact import mask_url
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+Model = Annotated[str, typer.Option("--model", "-m", help="all-MiniLM-L6-v2 (local, the default), a local "
+                                    "sentence-transformers folder, or an OpenAI model (needs OPENAI_API_KEY).")]
+DatabaseUrl = Annotated[Optional[str], typer.Option(
+    "--database-url", help="Postgres/Supabase connection string (default: DATABASE_URL, else the embedded Postgres).",
+    show_default=False)]
+BaseUrl = Annotated[Optional[str], typer.Option(
+    "--base-url", help="Any OpenAI-compatible server (default: OPENAI_BASE_URL).", show_default=False)]
+Provider = Annotated[Optional[str], typer.Option("--provider", help="openai or local (default: from the model).")]
+Dimensions = Annotated[Optional[int], typer.Option("--dimensions", help="Shorter vectors (text-embedding-3 models).")]
+Concurrency = Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
+Collection = Annotated[str, typer.Option("--collection", "-c", help="The collection (a namespace of sections).")]
+AllCollections = Annotated[bool, typer.Option("--all-collections", help="Every collection, not just --collection.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
+
+
+def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],
+                  **options: Any):
+    from core.embedding_service import EmbeddingService
+
+    try:
+        return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
+                                **{k: v for k, v in options.items() if v is not None})
+    except (ValueError, RuntimeError, OSError) as error:
+        fail(str(error))
+
+
+def open_store(database_url: Optional[str]):
+    from core.supabase_store import SupabaseStore
+
+    try:
+        return SupabaseStore(database_url, connect_timeout=15)
+    except Exception as error:  # any reason the database cannot be reached or prepared
+        where = mask_url(database_url) if database_url else "the database (DATABASE_URL or the embedded Postgres)"
+        message = str(error).strip()  # fail() masks any URL in it
+        fail(f"cannot open {where}: {message.splitlines()[0] if message else type(error).__name__}")
+
+
+def chosen_collection(collection: str = DEFAULT_COLLECTION, all_collections: bool = False) -> Optional[str]:
+    """The collection a command keeps to (None: every one), or a one-line error for a bad name."""
+    if all_collections:
+        return None
+    if problem := collection_problem(collection):
+        fail(f"--collection: {problem}")
+    return collection
+
+
+def confirmed(question: str, yes: bool) -> bool:
+    """``--yes``, or the user's answer; with no terminal to ask on, a clear refusal."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        fail(f"{question} Pass --yes to go ahead (there is no terminal to ask on).")
+    return typer.confirm(question, default=False)
