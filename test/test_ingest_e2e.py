@@ -6,16 +6,20 @@ text, so a vector stored against the wrong section cannot pass.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import psycopg
 import pytest
 
 from core.dispatch import RetryPolicy
 from core.embedding_service import EmbeddingService
 from core.errors import ProviderFatalError
+from core.postgres.index import index_name
+from core.postgres.search import knn_statement
 from core.sample_corpus import stdlib_sections
 from core.simulator import expected_embedding
 from core.supabase_store import SupabaseStore, section_text
@@ -129,6 +133,68 @@ def test_search_returns_the_expected_nearest_section(sim, store, sections):
     hits = store.search(section_text(target["title"], target["content"]), service, k=5)
     assert hits[0]["id"] == target["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert len(hits) == 5 and hits[0]["score"] > hits[1]["score"]
+
+
+WIDE_MODEL, WIDE_DIMS = "text-embedding-3-large", 3072  # over pgvector's 2,000 for `vector`: indexed as halfvec
+
+
+def _without_vectors(plan: str) -> str:
+    """A plan readable in a failure message: the 3,072 numbers of each vector literal left out."""
+    return re.sub(r"'\[[^\]]*\]'", "'[…]'", plan)
+
+
+def _nested_plans(conn, statement, params):
+    """The plans of every statement ``statement`` runs, functions' dynamic SQL included (auto_explain,
+    sent to this client as notices): how to see the plan of the query inside ``match_sections``."""
+    notices = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.execute("load 'auto_explain'")
+    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
+                    "auto_explain.log_level = notice"):
+        conn.execute(f"set {setting}")
+    rows = conn.execute(statement, params).fetchall()
+    conn.execute("reset all")
+    return rows, "\n".join(notices)
+
+
+def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(sim, database_url, db, tmp_path):
+    # 1,000 rows: below a few hundred an exact scan is cheaper, and the planner rightly picks it
+    wide = stdlib_sections(1000, tokens_per_section=20)
+    path = tmp_path / "wide.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in wide), encoding="utf-8")
+    cli = [sys.executable, "-m", "core.cli"]
+    where = ["--model", WIDE_MODEL, "--database-url", database_url]
+
+    ingested = subprocess.run([*cli, "ingest", str(path), *where, "--base-url", sim.base_url, "--json"],
+                              capture_output=True, text=True, timeout=180, check=False)
+    assert ingested.returncode == 0, ingested.stderr
+    assert json.loads(ingested.stdout)["embedded"] == len(wide)
+    assert db.execute("select array_agg(distinct dimensions) from section_embeddings").fetchone()[0] == [WIDE_DIMS]
+    assert_every_vector_is_its_own(None, db, wide, model=WIDE_MODEL, dims=None)
+
+    name = index_name(WIDE_MODEL, WIDE_DIMS)
+    indexed = subprocess.run([*cli, "index", *where], capture_output=True, text=True, timeout=180, check=False)
+    assert indexed.returncode == 0 and name in indexed.stdout, indexed.stderr
+    definition = db.execute("select indexdef from pg_indexes where indexname = %s", (name,)).fetchone()[0]
+    assert f"halfvec({WIDE_DIMS})" in definition and "halfvec_cosine_ops" in definition, definition
+
+    target = wide[42]
+    text = section_text(target["title"], target["content"])
+    found = subprocess.run([*cli, "search", text, "-k", "3", "--json", *where, "--base-url", sim.base_url],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert hits[0]["id"] == target["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)  # halfvec precision
+
+    # the store's own query and match_sections() both run on the halfvec index, not a scan of every row
+    db.execute("analyze section_embeddings")  # the statistics autovacuum gathers after a load
+    query = expected_embedding(text, WIDE_MODEL)
+    plan = "\n".join(row[0] for row in db.execute(
+        psycopg.sql.SQL("explain (costs off) ") + knn_statement(db, WIDE_MODEL, WIDE_DIMS), {"q": query, "k": 3}))
+    assert f"Index Scan using {name}" in plan, _without_vectors(plan)
+    rows, plans = _nested_plans(db, "select id from match_sections(%s, 3, %s)", (query, WIDE_MODEL))
+    assert rows[0][0] == target["id"]
+    assert f"Index Scan using {name}" in plans and f"halfvec({WIDE_DIMS})" in plans, _without_vectors(plans)
 
 
 SYNC_WORKER = textwrap.dedent("""

@@ -603,14 +603,13 @@ def test_store_repr_and_errors_never_show_the_password(embedded_pg):
     assert "***" in str(caught.value)
 
 
-def test_dimensions_pgvector_cannot_index_stay_searchable_exactly(store):
+@pytest.mark.parametrize("dims, indexed", [(2001, True), (4000, True), (4001, False)])
+def test_vectors_over_2000_dimensions_are_indexed_as_halfvec_up_to_4000(store, dims, indexed):
+    """pgvector indexes `vector` up to 2,000 dimensions and halfvec up to 4,000; past that search stays exact."""
     store.upsert_sections(_sections(3))
     rng = np.random.default_rng(5)
-    vectors = rng.standard_normal((3, 2001)).astype(np.float32)
+    vectors = rng.standard_normal((3, dims)).astype(np.float32)
     store.write_embeddings("wide", [(f"s{i}", vectors[i]) for i in range(3)])
-    with store.connection() as conn:
-        halfvec = conn.execute("select to_regtype('halfvec') is not null").fetchone()[0]
-    names = store.build_index("wide")
-    assert names == ([index_name("wide", 2001)] if halfvec else [])  # pgvector < 0.7: no index over 2000 dims
+    assert store.build_index("wide") == ([index_name("wide", dims)] if indexed else [])
     assert store.search_by_vector(vectors[1], "wide", k=2)[0]["id"] == "s1"
     assert store.match_sections(vectors[2], 2, "wide")[0]["id"] == "s2"

