@@ -117,12 +117,12 @@ def deliver(request: Request, reply: Reply, ready: list[EmbeddingOutcome]) -> No
         unit.waiters.clear()
 
 
-def fail(units: list[Unit], reason: str, ready: list[EmbeddingOutcome]) -> None:
+def fail(units: list[Unit], reason: str, ready: list[EmbeddingOutcome], transient: bool = False) -> None:
     """Every item waiting on these units fails with ``reason``."""
     for unit in units:
         unit.error = reason
         for job, _ in unit.waiters:
-            _settle_failure(job, reason, unit.tokens, ready)
+            _settle_failure(job, reason, unit.tokens, ready, transient)
         unit.waiters.clear()
 
 
@@ -146,7 +146,9 @@ def _settle(job: Job, vector: np.ndarray, weight: int, ready: list[EmbeddingOutc
         ready.append(EmbeddingOutcome(job.key, mean, job.tokens))
 
 
-def _settle_failure(job: Job, reason: str, unit_tokens: int, ready: list[EmbeddingOutcome]) -> None:
+def _settle_failure(job: Job, reason: str, unit_tokens: int, ready: list[EmbeddingOutcome],
+                    transient: bool = False) -> None:
     if not job.done:
         job.done = True
-        ready.append(EmbeddingOutcome(job.key, None, unit_tokens if job.tokens is None else job.tokens, reason))
+        ready.append(EmbeddingOutcome(job.key, None, unit_tokens if job.tokens is None else job.tokens, reason,
+                                      transient))

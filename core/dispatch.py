@@ -60,6 +60,7 @@ class Attempted(NamedTuple):
     verdict: Verdict
     reply: Reply | None = None
     reason: str = ""
+    transient: bool = False  # given up for the provider's state, not for the inputs
 
 
 class Dispatcher:
@@ -133,7 +134,7 @@ class Dispatcher:
                         self.usage.add(splits=1)
                         retry_queue.extendleft([second, first])
                     elif attempted.verdict is Verdict.FAIL:
-                        fail(request.units, attempted.reason, ready)
+                        fail(request.units, attempted.reason, ready, attempted.transient)
             if fatal is not None:
                 raise fatal
         finally:
@@ -204,7 +205,7 @@ class Dispatcher:
                 self.usage.add(rate_limited=1)
                 waited += self.limiter.rate_limited(error.retry_after, request.tokens)
                 if waited > self.retry.max_rate_limit_wait_s:
-                    return self._give_up(request, f"{error}; still refused after waiting {waited:.0f} s")
+                    return self._give_up(request, f"{error}; still refused after waiting {waited:.0f} s", True)
                 continue
             except RequestRejected as error:
                 return self._give_up(request, str(error))
@@ -212,7 +213,7 @@ class Dispatcher:
                 attempts += 1
                 limit = self.retry.split_after if len(texts) > 1 else self.retry.max_attempts
                 if attempts >= limit:
-                    return self._give_up(request, f"{error} (after {attempts} attempts)")
+                    return self._give_up(request, f"{error} (after {attempts} attempts)", True)
                 self.usage.add(retries=1)
                 if cancel.wait(self.retry.backoff(attempts)):
                     return Attempted(Verdict.CANCELLED)
@@ -224,5 +225,5 @@ class Dispatcher:
             return Attempted(Verdict.OK, reply)
 
     @staticmethod
-    def _give_up(request: Request, reason: str) -> Attempted:
-        return Attempted(Verdict.SPLIT if len(request.units) > 1 else Verdict.FAIL, reason=reason)
+    def _give_up(request: Request, reason: str, transient: bool = False) -> Attempted:
+        return Attempted(Verdict.SPLIT if len(request.units) > 1 else Verdict.FAIL, reason=reason, transient=transient)

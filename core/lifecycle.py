@@ -5,20 +5,32 @@ the size rules; it needs only the store's ``backend`` and ``connection()``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
 from core.postgres import claims as pg_claims
 from core.postgres import models as pg_models
 from core.postgres import status as pg_status
+from core.pipeline.backend import ChangeFeed
+from core.pipeline.watch import Pass, WatchOptions, WatchTotals, watch
+from core.postgres import budget, notify
 from core.postgres.backend import PostgresBackend
-from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, Section, Selection, collection_problem,
-                          text_problem)
+from core.postgres.database import Database
+from core.records import (DEFAULT_COLLECTION, Deleted, Embedder, EmbeddingSettings, Section, Selection,
+                          collection_problem, text_problem)
 
-__all__ = ["Lifecycle", "check_collection", "check_model"]
+__all__ = ["Feed", "Lifecycle", "check_collection", "check_model"]
+
+
+class Feed(NamedTuple):
+    """How a watcher hears of changes, and why (to say at start)."""
+
+    feed: ChangeFeed
+    how: str
 
 
 def check_model(model_name: Any) -> None:
@@ -36,6 +48,7 @@ def check_collection(name: Any) -> None:
 
 class Lifecycle:
     backend: PostgresBackend
+    database: Database
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         raise NotImplementedError
@@ -71,3 +84,36 @@ class Lifecycle:
             if len(rows) < page:
                 return
             after = rows[-1].id
+
+    def change_feed(self, collection: str | None, stop: threading.Event, *, listen_url: str | None = None,
+                    poll_only: bool = False, poll_interval: float = 30.0) -> Feed:
+        """LISTEN where this connection (or ``listen_url``) carries notifications, else polling."""
+        polling = f"polling every {poll_interval:g} s"
+        if poll_only:
+            return Feed(notify.PollFeed(stop), f"{polling} (asked for)")
+        try:
+            with self.database.connect(listen_url) as probe, self.connection() as sender:
+                heard = notify.hears_notifications(probe, sender)
+        except psycopg.Error as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return Feed(notify.PollFeed(stop), f"{polling}: cannot open a connection to listen on ({first})")
+        if not heard:
+            return Feed(notify.PollFeed(stop), f"{polling}: this connection does not carry LISTEN/NOTIFY (a "
+                        "transaction pooler, such as Supabase's port 6543?); --listen-url with a direct "
+                        "connection makes changes arrive at once")
+        return Feed(notify.ListenFeed(lambda: self.database.connect(listen_url), collection, stop),
+                    "listening for changes (NOTIFY), and polling every " f"{poll_interval:g} s")
+
+    def watch(self, embedder: Embedder, options: WatchOptions, feed: ChangeFeed, stop: threading.Event,
+              on_pass: Callable[[Pass], None] | None = None) -> WatchTotals:
+        """Embed what is due, then every change as it comes, until ``stop`` (``core.pipeline.watch``)."""
+        check_model(embedder.settings.model)
+        return watch(self.backend, embedder, options, feed, stop, on_pass)
+
+    def share_budget(self, embedder: Any) -> str:
+        """Make ``embedder`` (an ``EmbeddingService``) draw on the rate budget every worker of its
+        model and server shares through this database; returns the budget's key."""
+        key = budget.budget_key(embedder.settings.model, getattr(embedder, "base_url", None))
+        embedder.limiter.shared = budget.PostgresBudget(self.database, key)
+        return key
+

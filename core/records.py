@@ -29,6 +29,7 @@ __all__ = [
     "IngestSummary",
     "ProgressCounts",
     "Rejected",
+    "RetrySchedule",
     "Section",
     "Selection",
     "VectorRow",
@@ -215,6 +216,20 @@ class EmbeddingSettings:
         return None if self.long_input is None else self.long_input.value
 
 
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """When a section that failed is tried again: after ``delay_s`` × attempts (at most ``cap_s``),
+    and not at all after ``max_attempts`` failures of the same fingerprint (until it changes)."""
+
+    max_attempts: int = 5
+    delay_s: float = 60.0
+    cap_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.delay_s < 0 or self.cap_s < 0:
+            raise ValueError("retry policy: max_attempts must be at least 1, delays not negative")
+
+
 # -- what the engine hands on ---------------------------------------------------------------------------
 
 
@@ -226,6 +241,7 @@ class EmbeddingOutcome:
     vector: np.ndarray | None
     tokens: int
     error: str | None = None
+    transient: bool = False  # failed for the provider's state (down, overloaded), not for the input
 
     @property
     def ok(self) -> bool:
@@ -279,10 +295,12 @@ class VectorRow(NamedTuple):
 
 
 class FailureRow(NamedTuple):
-    """A section that could not be embedded (or stored), and why."""
+    """A section that could not be embedded (or stored), and why; ``content_hash`` is the fingerprint
+    it failed on (a watcher retries it only while attempts remain, or once that changes)."""
 
     section_id: str
     reason: str
+    content_hash: bytes | None = None
 
 
 MAX_REASON_CHARS = 2000

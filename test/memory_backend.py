@@ -7,6 +7,7 @@ until it ends and buffers its writes, which apply when it ends without an except
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from core.fingerprint import fingerprint
-from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow,
-                          WriteResult, check_vector, stored_reason, section_problem)
+from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
+                          VectorRow, WriteResult, check_vector, stored_reason, section_problem)
 
 __all__ = ["MemoryBackend", "MemoryClaim", "MemoryLeases"]
 
@@ -43,6 +44,10 @@ class MemoryClaim:
 class MemoryLeases:
     backend: MemoryBackend
     worker: str
+    embedded: int = 0
+
+    def report(self, embedded: int) -> None:
+        self.embedded = embedded
 
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         backend = self.backend
@@ -67,6 +72,7 @@ class MemoryBackend:
         self.leases: dict[Key, str] = {}  # -> the worker holding it
         self.vectors: dict[Key, VectorRow] = {}  # vector stored as float32, content_hash as bytes
         self.failures: dict[Key, tuple[str, int]] = {}  # (reason, attempts)
+        self.failed_on: dict[Key, tuple[bytes | None, float]] = {}  # (fingerprint, when) of the last failure
         self.held: set[str] = set()  # section ids that open claims hold
 
     # -- read helpers for tests ------------------------------------------------------------------------
@@ -125,7 +131,7 @@ class MemoryBackend:
                     digest = None if row.content_hash is None else bytes(row.content_hash)
                     rows.append(row._replace(vector=vector, content_hash=digest))
             succeeded = {row[0] for row in successes} - {failure.section_id for failure in result.rejected}
-            kept = {f[0]: FailureRow(f[0], stored_reason(f[1]))
+            kept = {f[0]: FailureRow(f[0], stored_reason(f[1]), FailureRow(*f).content_hash)
                     for f in [*failures, *result.rejected] if f[0] not in succeeded and f[0] in self.sections}
         result.written, result.recorded = len(rows), len(kept)
         return result, (rows, list(kept.values()))
@@ -137,9 +143,12 @@ class MemoryBackend:
         for row in rows:
             self.vectors[row.section_id, model] = row
             self.failures.pop((row.section_id, model), None)
-        for section_id, reason in failures:
+        for section_id, reason, digest in failures:
             _, attempts = self.failures.get((section_id, model), ("", 0))
+            if self.failed_on.get((section_id, model), (None, 0.0))[0] != digest:
+                attempts = 0  # attempts count the failures of one fingerprint
             self.failures[section_id, model] = (reason, attempts + 1)
+            self.failed_on[section_id, model] = (digest, time.time())
 
     def write_batch(self, settings: EmbeddingSettings, successes: Sequence[VectorRow],
                     failures: Sequence[FailureRow]) -> WriteResult:
@@ -152,15 +161,25 @@ class MemoryBackend:
         stored = self.vectors.get((section.id, settings.model))
         return stored is None or stored.content_hash != fingerprint(section, settings)
 
+    def _resting(self, section: Section, settings: EmbeddingSettings, retry: RetrySchedule | None) -> bool:
+        key = (section.id, settings.model)
+        if retry is None or key not in self.failures:
+            return False
+        digest, when = self.failed_on[key]
+        attempts = self.failures[key][1]
+        return digest == fingerprint(section, settings) and (
+            attempts >= retry.max_attempts or when > time.time() - min(attempts * retry.delay_s, retry.cap_s))
+
     @contextmanager
     def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION) -> Iterator[MemoryClaim | None]:
+                  collection: str | None = DEFAULT_COLLECTION,
+                  retry: RetrySchedule | None = None) -> Iterator[MemoryClaim | None]:
         with self.lock:
             due = [section for section_id, section in sorted(self.sections.items())
                    if (after is None or section_id > after) and section_id not in self.held
                    and (collection is None or self.collections[section_id] == collection)
                    and (section_id, settings.model) not in self.leases
-                   and self._due(section, settings)][:limit]
+                   and self._due(section, settings) and not self._resting(section, settings, retry)][:limit]
             ids = {section.id for section in due}
             self.held |= ids
         if not due:
@@ -179,7 +198,7 @@ class MemoryBackend:
                 self.held -= ids
 
     @contextmanager
-    def worker(self, command: str) -> Iterator[MemoryLeases]:
+    def worker(self, command: str, model: str | None = None, collection: str | None = None) -> Iterator[MemoryLeases]:
         worker = f"{command}-{uuid.uuid4().hex}"
         try:
             yield MemoryLeases(self, worker)
@@ -205,7 +224,7 @@ class MemoryBackend:
         with self.lock:
             doomed = set(self.selected_ids(selection))
             vectors = 0
-            for table in (self.vectors, self.failures, self.leases):
+            for table in (self.vectors, self.failures, self.failed_on, self.leases):
                 for key in [key for key in table if key[0] in doomed]:
                     vectors += table is self.vectors
                     del table[key]

@@ -508,3 +508,35 @@ def test_a_section_held_by_a_sync_claim_is_not_leased(subject):
             assert run.take(SETTINGS, _wanted(rows)) == {"s1"}
         release.set()
         future.result()
+
+
+# -- retries of failed sections ------------------------------------------------------------------------
+
+
+def test_a_failed_section_rests_then_is_retried_then_given_up_until_it_changes(subject):
+    from core.records import RetrySchedule
+
+    backend = subject.backend
+    rows = _sections(2)
+    backend.upsert_sections(rows)
+    failed = FailureRow("s0", "refused", fingerprint(rows[0], SETTINGS))
+    backend.write_batch(SETTINGS, [], [failed])
+    resting = RetrySchedule(max_attempts=3, delay_s=3600, cap_s=3600)
+    eager = RetrySchedule(max_attempts=3, delay_s=0, cap_s=0)
+    with backend.claim_due(SETTINGS, None, 10, retry=resting) as claim:
+        assert _ids(claim) == ["s1"]  # s0 rests an hour after its failure
+    with backend.claim_due(SETTINGS, None, 10) as claim:
+        assert _ids(claim) == ["s0", "s1"]  # a plain sync still tries it once per run
+    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
+        assert _ids(claim) == ["s0", "s1"]
+    backend.write_batch(SETTINGS, [], [failed, FailureRow("s1", "refused", fingerprint(rows[1], SETTINGS))])
+    backend.write_batch(SETTINGS, [], [failed])
+    assert subject.failure("s0", SETTINGS.model) == ("refused", 3)
+    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
+        assert _ids(claim) == ["s1"]  # three failures of the same text: given up
+    edited = Section("s0", "Title 0", "edited: worth another try")
+    backend.upsert_sections([edited])
+    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
+        assert _ids(claim) == ["s0", "s1"]
+    backend.write_batch(SETTINGS, [], [FailureRow("s0", "refused again", fingerprint(edited, SETTINGS))])
+    assert subject.failure("s0", SETTINGS.model) == ("refused again", 1)  # a new text starts again at 1

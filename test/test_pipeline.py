@@ -289,8 +289,8 @@ class BrokenClaims(MemoryBackend):
         self.good = good
 
     @contextmanager
-    def claim_due(self, settings, after, limit, collection="default"):
-        with super().claim_due(settings, after, limit, collection) as claim:
+    def claim_due(self, settings, after, limit, collection="default", retry=None):
+        with super().claim_due(settings, after, limit, collection, retry) as claim:
             if claim is None or self.good > 0:
                 self.good -= 1
                 yield claim

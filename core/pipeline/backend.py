@@ -10,9 +10,18 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from core.records import DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, WriteResult
+from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
+                          VectorRow, WriteResult)
 
-__all__ = ["Backend", "Claim", "Leases"]
+__all__ = ["Backend", "ChangeFeed", "Claim", "Leases"]
+
+
+class ChangeFeed(Protocol):
+    """Word that sections changed (Postgres NOTIFY), or plain waiting where none can come."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a change is announced (True) or ``timeout`` seconds pass (False)."""
+        ...
 
 
 class Leases(Protocol):
@@ -23,6 +32,10 @@ class Leases(Protocol):
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         """Lease the sections of ``wanted`` (id → the fingerprint about to be embedded) that are
         still due and held by no other run (no live lease, no sync claim); the ids now held."""
+        ...
+
+    def report(self, embedded: int) -> None:
+        """How many sections this run has embedded so far (shown with its heartbeat)."""
         ...
 
 
@@ -76,14 +89,17 @@ class Backend(Protocol):
         ...
 
     def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION) -> AbstractContextManager[Claim | None]:
+                  collection: str | None = DEFAULT_COLLECTION,
+                  retry: RetrySchedule | None = None) -> AbstractContextManager[Claim | None]:
         """Claim up to ``limit`` due sections of ``collection`` (None: every collection) after
-        ``after`` (id order) that no other claim or lease holds; None when there are none. Leaving
-        the context commits what was written, or on an exception undoes it."""
+        ``after`` (id order) that no other claim or lease holds (and, with ``retry``, that are not
+        resting after failing on the same fingerprint); None when there are none. Leaving the
+        context commits what was written, or on an exception undoes it."""
         ...
 
-    def worker(self, command: str) -> AbstractContextManager[Leases]:
-        """A registered run that can take leases; leaving the context releases them all."""
+    def worker(self, command: str, model: str | None = None,
+               collection: str | None = None) -> AbstractContextManager[Leases]:
+        """A registered run (with a heartbeat) that can take leases; leaving the context releases them all."""
         ...
 
     def selected_ids(self, selection: Selection) -> list[str]:

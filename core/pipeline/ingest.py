@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from core.fingerprint import EMPTY_CONTENT, Due, split_current
+from core.fingerprint import EMPTY_CONTENT, Due, fingerprint, split_current
 from core.pipeline.backend import Backend, Leases
 from core.pipeline.prune import Pruned, prune_unseen
 from core.pipeline.tally import ProgressCallback, Tally
@@ -71,6 +71,7 @@ class Run:
     summary: IngestSummary
     dimensions: set[int] = field(default_factory=set)
     pruned: Pruned | None = None
+    transient: int = 0  # failures left unrecorded: the provider's state, not the sections' (sync, watch)
 
 
 def dedupe(sections: Iterable[Section]) -> list[Section]:
@@ -147,7 +148,7 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
             backend.upsert_sections(rows, options.collection)
             split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
             for blank in split.blank:
-                writer.put(FailureRow(blank.id, EMPTY_CONTENT))
+                writer.put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
             tally.skip(split.unchanged)
             held = leases.take(settings, {due.section.id: due.digest for due in split.due})
             tally.busy_elsewhere(len(split.due) - len(held))
@@ -175,7 +176,7 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
                 tally.add_tokens(int(outcome.tokens or 0))
                 writer.put(VectorRow(due.section.id, outcome.vector, int(outcome.tokens or 0), due.digest))
             else:
-                writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED))
+                writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED, due.digest))
             if writer.error is not None:
                 break
     except BaseException as error:

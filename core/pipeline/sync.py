@@ -8,39 +8,58 @@ partial summary as ``error.result``.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import NoReturn
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn
 
-from core.fingerprint import EMPTY_CONTENT, Due, split_current
+from core.fingerprint import EMPTY_CONTENT, Due, fingerprint, split_current
 from core.pipeline.backend import Backend
 from core.pipeline.ingest import NOT_EMBEDDED, Run, attach_result
 from core.pipeline.tally import ProgressCallback, Tally
-from core.records import DEFAULT_COLLECTION, Embedder, FailureRow, Section, VectorRow
+from core.records import DEFAULT_COLLECTION, Embedder, FailureRow, RetrySchedule, Section, VectorRow
 
-__all__ = ["sync"]
+__all__ = ["SyncOptions", "sync"]
 
 NOTHING_STORED: dict[str, bytes] = {}  # claimed sections are due by the claim's own test
 
 
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """How a watcher's passes differ from a plain sync: failed sections rest as ``retry`` says,
+    failures caused by the provider's state (an outage) are not recorded against the sections,
+    and ``should_stop`` ends a pass between outcomes, keeping what arrived."""
+
+    retry: RetrySchedule | None = None
+    record_transient: bool = True
+    should_stop: Callable[[], bool] | None = None
+
+
 def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit: int | None = None,
-         on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION) -> Run:
+         on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION,
+         options: SyncOptions = SyncOptions()) -> Run:
     """``limit`` caps the sections claimed by this call; ``skipped_count`` is 0 (only due sections are
-    claimed); ``collection`` None syncs every collection."""
+    claimed); ``collection`` None syncs every collection. ``Run.transient`` counts the failures left
+    unrecorded (``options.record_transient`` False)."""
     settings = embedder.settings
+    stopping = options.should_stop or (lambda: False)
+    transient = 0
     tally = Tally(on_progress)
     billed_before = embedder.total_tokens
     after: str | None = None
     claimed_total = 0
-    while limit is None or claimed_total < limit:
+    while (limit is None or claimed_total < limit) and not stopping():
         n = claim_batch if limit is None else min(claim_batch, limit - claimed_total)
         stopped: BaseException | None = None
         try:
-            with backend.claim_due(settings, after, n, collection) as claim:
+            with backend.claim_due(settings, after, n, collection, options.retry) as claim:
                 if claim is None:
                     break
                 after = claim.last_id
                 claimed_total += claim.claimed
-                successes, failures, stopped = _embed(claim.sections, embedder, tally)
+                embedded = _embed(claim.sections, embedder, tally, stopping)
+                successes, stopped = embedded.successes, embedded.stopped
+                failures = embedded.failures + (embedded.transient if options.record_transient else [])
+                transient += 0 if options.record_transient else len(embedded.transient)
                 result = claim.write(successes, failures)
         except BaseException as error:  # the claim's writes were undone: nothing of it is counted
             interrupt = stopped if stopped is not None and not isinstance(stopped, Exception) else None
@@ -50,28 +69,44 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
         if stopped is not None:
             _stop(stopped, tally, embedder, billed_before)
     tally.settle_tokens(embedder.total_tokens - billed_before)
-    return Run(tally.result(), set(tally.dimensions))
+    return Run(tally.result(), set(tally.dimensions), transient=transient)
 
 
-def _embed(sections: list[Section], embedder: Embedder,
-           tally: Tally) -> tuple[list[VectorRow], list[FailureRow], BaseException | None]:
-    """Embed claimed sections; an exception from the embedder stops after what arrived is kept."""
+class Embedded(NamedTuple):
+    """What a claim's embedding gave: vectors, failures (``transient`` ones were the provider's
+    state, not the input's), and the exception that stopped it, if any."""
+
+    successes: list[VectorRow]
+    failures: list[FailureRow]
+    transient: list[FailureRow]
+    stopped: BaseException | None
+
+
+def _embed(sections: list[Section], embedder: Embedder, tally: Tally, stopping: Callable[[], bool]) -> Embedded:
+    """Embed claimed sections; an exception from the embedder stops after what arrived is kept, and
+    so does ``stopping()`` turning true (the rest of the claim stays due)."""
     split = split_current(sections, embedder.settings, NOTHING_STORED)
-    successes: list[VectorRow] = []
-    failures = [FailureRow(section.id, EMPTY_CONTENT) for section in split.blank]
+    done = Embedded([], [FailureRow(s.id, EMPTY_CONTENT, fingerprint(s, embedder.settings)) for s in split.blank], [], None)
     due: dict[Hashable, Due] = dict(enumerate(split.due))
+    stream = iter(embedder.stream_embeddings((key, item.text) for key, item in due.items())) if due else iter(())
     try:
-        if due:
-            for outcome in embedder.stream_embeddings((key, item.text) for key, item in due.items()):
-                item = due[outcome.key]
-                if outcome.ok:
-                    tally.add_tokens(int(outcome.tokens or 0))
-                    successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0), item.digest))
-                else:
-                    failures.append(FailureRow(item.section.id, outcome.error or NOT_EMBEDDED))
+        for outcome in stream:
+            item = due[outcome.key]
+            if outcome.ok:
+                tally.add_tokens(int(outcome.tokens or 0))
+                done.successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0), item.digest))
+            else:
+                failed = FailureRow(item.section.id, outcome.error or NOT_EMBEDDED, item.digest)
+                (done.transient if outcome.transient else done.failures).append(failed)
+            if stopping():
+                break
     except BaseException as error:
-        return successes, failures, error
-    return successes, failures, None
+        return done._replace(stopped=error)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # abandons what is still in flight
+    return done
 
 
 def _stop(error: BaseException, tally: Tally, embedder: Embedder, billed_before: int) -> NoReturn:

@@ -53,7 +53,7 @@ class Tally:
     def add_batch(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow], result: WriteResult) -> None:
         """Count a committed batch: what was written, what failed and why."""
         missing = set(result.missing)
-        rejected = dict(result.rejected)
+        rejected = {failure.section_id: failure.reason for failure in result.rejected}
         with self.lock:
             succeeded: set[str] = set()
             for row in successes:
@@ -72,7 +72,7 @@ class Tally:
                     continue
                 self.failed += 1
                 self.errors[section_id] = reason
-            for section_id, reason in failures:
+            for section_id, reason, _ in failures:
                 if section_id not in succeeded:
                     self.failed += 1
                     self.errors[section_id] = reason

@@ -13,8 +13,8 @@ import psycopg
 
 from core.postgres import claims, leases, sections, vectors
 from core.postgres.database import Database
-from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, Section, Selection, VectorRow,
-                          WriteResult)
+from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
+                          VectorRow, WriteResult)
 
 __all__ = ["PostgresBackend", "PostgresClaim", "PostgresLeases"]
 
@@ -40,9 +40,14 @@ class PostgresLeases:
     database: Database
     worker: uuid.UUID
 
+    embedded: int = 0
+
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         with self.database.connection() as conn:
             return leases.take(conn, self.worker, settings.model, wanted)
+
+    def report(self, embedded: int) -> None:
+        self.embedded = embedded
 
 
 class PostgresBackend:
@@ -70,38 +75,41 @@ class PostgresBackend:
 
     @contextmanager
     def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION) -> Iterator[PostgresClaim | None]:
+                  collection: str | None = DEFAULT_COLLECTION,
+                  retry: RetrySchedule | None = None) -> Iterator[PostgresClaim | None]:
         if after is None:  # a new pass: leases of runs that died are not worth waiting for
             with self.database.connection() as conn:
                 leases.reap(conn)
         with self.database.connection() as conn, conn.transaction():
-            claimed = claims.claim_due(conn, settings, after, limit, collection)
+            claimed = claims.claim_due(conn, settings, after, limit, collection, retry)
             if claimed is None:
                 yield None
             else:
                 yield PostgresClaim(conn, settings, claimed.sections, claimed.claimed, claimed.last_id)
 
     @contextmanager
-    def worker(self, command: str) -> Iterator[PostgresLeases]:
+    def worker(self, command: str, model: str | None = None, collection: str | None = None) -> Iterator[PostgresLeases]:
         """Register a worker (reaping dead ones first), beat on a thread while the run lasts, and
         end it (its leases with it) however the run ends."""
+        role = leases.Role(command, model, collection)
         with self.database.connection() as conn:
             leases.reap(conn)
-            worker = leases.register_worker(conn, command)
+            worker = leases.register_worker(conn, role)
+        held = PostgresLeases(self.database, worker)
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(leases.BEAT_INTERVAL):
                 try:
                     with self.database.connection() as conn:
-                        leases.beat(conn, worker, command)
+                        leases.beat(conn, worker, role, held.embedded)
                 except Exception:  # a missed beat costs nothing until WORKER_TTL; the run reports its own errors
                     _log.debug("heartbeat failed", exc_info=True)
 
         beating = threading.Thread(target=beat, name="sections-heartbeat", daemon=True)
         beating.start()
         try:
-            yield PostgresLeases(self.database, worker)
+            yield held
         finally:
             stop.set()
             beating.join()

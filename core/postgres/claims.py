@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from core.records import EmbeddingSettings, Section
+from core.records import EmbeddingSettings, RetrySchedule, Section
 
 __all__ = ["Claimed", "claim_due", "due_sections"]
 
@@ -27,8 +27,16 @@ _STALE = sql.SQL(
 _FREE = sql.SQL(
     "not exists (select 1 from section_leases l where l.section_id = s.id and l.model_name = %(model)s)"
 )
+# A section that failed on this very fingerprint waits (attempts x delay, capped), then stops being
+# tried after max_attempts until its content changes.
+_RESTING = sql.SQL(
+    "not exists (select 1 from embedding_failures f where f.section_id = s.id and f.model_name = %(model)s"
+    " and f.content_hash = sections_content_hash(s.title, s.content, %(model)s, %(dims)s, %(policy)s)"
+    " and (f.attempts >= %(max_attempts)s"
+    "      or f.last_attempt_at > now() - make_interval(secs => least(f.attempts * %(delay)s, %(cap)s))))"
+)
 _CLAIM = sql.SQL(
-    "select s.id from sections s where {after} {collection} {stale} and {free} "
+    "select s.id from sections s where {after} {collection} {stale} and {free} {retry} "
     "order by s.id limit %(n)s for no key update skip locked"
 )
 # Under READ COMMITTED the claim's filter saw the snapshot taken before its row locks were
@@ -50,9 +58,11 @@ class Claimed(NamedTuple):
     last_id: str
 
 
-def _params(settings: EmbeddingSettings, after: str | None, limit: int, collection: str | None) -> dict[str, Any]:
+def _params(settings: EmbeddingSettings, after: str | None, limit: int, collection: str | None,
+            retry: RetrySchedule | None = None) -> dict[str, Any]:
     return {"model": settings.model, "dims": settings.dimensions, "policy": settings.long_input_name, "n": limit,
-            "after": after, "collection": collection}
+            "after": after, "collection": collection, "max_attempts": retry.max_attempts if retry else None,
+            "delay": retry.delay_s if retry else None, "cap": retry.cap_s if retry else None}
 
 
 def _filters(after: str | None, collection: str | None) -> dict[str, sql.Composable]:
@@ -62,14 +72,16 @@ def _filters(after: str | None, collection: str | None) -> dict[str, sql.Composa
 
 
 def claim_due(conn: psycopg.Connection[Any], settings: EmbeddingSettings, after: str | None,
-              limit: int, collection: str | None) -> Claimed | None:
+              limit: int, collection: str | None, retry: RetrySchedule | None = None) -> Claimed | None:
     """Lock the next ``limit`` due sections of ``collection`` (None: any) after ``after`` (in id
-    order) that no ingest holds a lease on; None when none are left.
+    order) that no ingest holds a lease on (and, with ``retry``, that are not resting after a
+    failure); None when none are left.
 
     Must run inside the caller's transaction, which holds the locks until it ends.
     """
-    params = _params(settings, after, limit, collection)
-    query = _CLAIM.format(free=_FREE, **_filters(after, collection))
+    params = _params(settings, after, limit, collection, retry)
+    query = _CLAIM.format(free=_FREE, retry=sql.SQL("and ") + _RESTING if retry else sql.SQL(""),
+                          **_filters(after, collection))
     ids = [row[0] for row in conn.execute(query, params).fetchall()]
     if not ids:
         return None

@@ -70,6 +70,13 @@ class Database:
         with conn:
             apply_migrations(conn)
 
+    def connect(self, url: str | None = None, connect_timeout: float = 15.0) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (autocommit), to ``url`` or this database: for
+        what needs a session kept across transactions, such as LISTEN."""
+        if self._handle is None:
+            raise RuntimeError("the database is closed")
+        return psycopg.connect(url or self._handle.url, autocommit=True, connect_timeout=int(connect_timeout))
+
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """A pooled connection (autocommit; use ``conn.transaction()``), as a context manager."""
         if self._pool is None:

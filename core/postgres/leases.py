@@ -15,11 +15,11 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
-__all__ = ["BEAT_INTERVAL", "WORKER_TTL", "beat", "end_worker", "host_name", "reap", "register_worker", "release",
+__all__ = ["BEAT_INTERVAL", "WORKER_TTL", "Role", "beat", "end_worker", "host_name", "reap", "register_worker", "release",
            "take"]
 
 BEAT_INTERVAL = 10.0  # seconds between a worker's heartbeats
@@ -52,18 +52,29 @@ def host_name() -> str:
     return socket.gethostname()
 
 
-def register_worker(conn: psycopg.Connection[Any], command: str) -> uuid.UUID:
+class Role(NamedTuple):
+    """What a worker does, as ``status`` shows it."""
+
+    command: str
+    model: str | None = None
+    collection: str | None = None
+
+
+_REGISTER = ("insert into section_workers (id, host, pid, command, model_name, collection, embedded) "
+             "values (%s, %s, %s, %s, %s, %s, %s) on conflict (id) do nothing")
+
+
+def register_worker(conn: psycopg.Connection[Any], role: Role) -> uuid.UUID:
     worker = uuid.uuid4()
-    conn.execute("insert into section_workers (id, host, pid, command) values (%s, %s, %s, %s)",
-                 (worker, host_name(), os.getpid(), command))
+    conn.execute(_REGISTER, (worker, host_name(), os.getpid(), role.command, role.model, role.collection, 0))
     return worker
 
 
-def beat(conn: psycopg.Connection[Any], worker: uuid.UUID, command: str) -> None:
+def beat(conn: psycopg.Connection[Any], worker: uuid.UUID, role: Role, embedded: int) -> None:
     """Say this worker is alive; a worker reaped while it was silent (a suspended laptop) comes back."""
-    if conn.execute("update section_workers set last_beat = now() where id = %s", (worker,)).rowcount == 0:
-        conn.execute("insert into section_workers (id, host, pid, command) values (%s, %s, %s, %s) "
-                     "on conflict (id) do nothing", (worker, host_name(), os.getpid(), command))
+    if conn.execute("update section_workers set last_beat = now(), embedded = %s where id = %s",
+                    (embedded, worker)).rowcount == 0:
+        conn.execute(_REGISTER, (worker, host_name(), os.getpid(), role.command, role.model, role.collection, embedded))
 
 
 def end_worker(conn: psycopg.Connection[Any], worker: uuid.UUID) -> None:

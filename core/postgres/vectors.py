@@ -85,15 +85,17 @@ delete from embedding_failures f
  using {STAGE_TABLE} s
  where f.model_name = %(model)s and f.section_id = s.section_id
 """
+# Attempts count the failures of one fingerprint: a section that changed starts again at 1.
 _FAILURES_SQL = """
-insert into embedding_failures as f (section_id, model_name, reason, attempts, last_attempt_at)
-select t.section_id, %(model)s, t.reason, 1, now()
-  from unnest(%(ids)s::text[], %(reasons)s::text[]) as t(section_id, reason)
+insert into embedding_failures as f (section_id, model_name, reason, attempts, last_attempt_at, content_hash)
+select t.section_id, %(model)s, t.reason, 1, now(), t.content_hash
+  from unnest(%(ids)s::text[], %(reasons)s::text[], %(hashes)s::bytea[]) as t(section_id, reason, content_hash)
  where exists (select 1 from sections x where x.id = t.section_id)
 on conflict (section_id, model_name) do update
    set reason = excluded.reason,
-       attempts = f.attempts + 1,
-       last_attempt_at = excluded.last_attempt_at
+       attempts = case when f.content_hash is not distinct from excluded.content_hash then f.attempts + 1 else 1 end,
+       last_attempt_at = excluded.last_attempt_at,
+       content_hash = excluded.content_hash
 """
 
 
@@ -239,7 +241,8 @@ def write_failures(conn: psycopg.Connection[Any], model_name: str, failures: Ite
     unique.sort(key=lambda f: f.section_id)
     ids = [f.section_id for f in unique]
     reasons = [stored_reason(f.reason) for f in unique]
-    cur = conn.execute(_FAILURES_SQL, {"model": model_name, "ids": ids, "reasons": reasons})
+    hashes = [None if f.content_hash is None else bytes(f.content_hash) for f in unique]
+    cur = conn.execute(_FAILURES_SQL, {"model": model_name, "ids": ids, "reasons": reasons, "hashes": hashes})
     return cur.rowcount
 
 
