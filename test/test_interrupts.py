@@ -151,14 +151,34 @@ def test_sync_stops_on_sigterm_with_what_was_committed(sim, database_url, corpus
     assert stored(database_url, other) == n == sim.stats()["inputs"]
 
 
-def test_ctrl_c_while_the_local_model_computes_exits_130_without_an_abort(database_url, corpus):
-    process = start("ingest", str(corpus), "--database-url", database_url)  # all-MiniLM-L6-v2, on the CPU
+def test_ctrl_c_while_the_local_model_computes_exits_130_without_an_abort(database_url, corpus, tmp_path):
+    copies = 5  # enough that a fast machine (or a GPU) is still computing when the signal comes
+    lines = corpus.read_text().splitlines()
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(line.replace('{"id": "', f'{{"id": "copy{k}-', 1)
+                           .replace('"content": "', f'"content": "copy {k}: ', 1) + "\n"
+                           for k in range(copies) for line in lines))
+    process = start("ingest", str(big), "--database-url", database_url)  # all-MiniLM-L6-v2
     wait_until(process, lambda: sections_in(database_url) > 0, "sections stored", timeout=300)
-    time.sleep(1.0)  # the first requests are inside the model now
+    time.sleep(0.5)  # the first requests are inside the model now
     process.send_signal(signal.SIGINT)
     code, _, err, _ = ended(process, time.monotonic(), within=5.0)
 
     assert code == 130, err[-3000:]
     n, m = said(err)
-    assert n + m == SECTIONS
+    assert n + m == copies * SECTIONS
     assert stored(database_url, "all-MiniLM-L6-v2") == n
+
+
+def test_the_demo_stops_on_ctrl_c_and_says_run_the_demo_again(sim, database_url):
+    sim.configure(latency_base=0.5)
+    env = dict(child_env(), OPENAI_BASE_URL=sim.base_url)  # the demo takes no --base-url
+    process = start("demo", "--model", MODEL, "--database-url", database_url, env=env)
+    wait_until(process, lambda: sim.stats()["by_status"].get("200", 0) >= 1, "a reply")
+    process.send_signal(signal.SIGINT)
+    code, out, err, _ = ended(process, time.monotonic(), within=5.0)
+
+    assert code == 130, err[-3000:]
+    n, _ = said(err, again="the demo")
+    assert stored(database_url) == n  # (two topics share a text: the simulator served one input fewer)
+    assert "“" not in out  # no search ran after the stop
