@@ -1,8 +1,10 @@
 """The ``sections`` command.
 
 Exit codes: 0 all done; 2 some sections failed (the rest is stored); 1 the run could not proceed
-(bad input, unreachable database, no key, quota or auth refused). Nothing secret is printed: API
-keys never, database URLs with their password masked.
+(bad input, unreachable database, no key, quota or auth refused); 130 Ctrl-C, 143 SIGTERM (the
+run stops sending, writes what arrived and says ``interrupted: N stored, M not yet``; a second
+signal exits at once: ``core.interrupts``). Nothing secret is printed: API keys never, database
+URLs with their password masked.
 """
 from __future__ import annotations
 
@@ -141,7 +143,7 @@ def ingest(
         result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                 collection=name, prune=scope),
                                   service, lambda: source.count + reading.stored - reading.read, reading,
-                                  json_out, "ingest", "the same command")
+                                  json_out, "ingest", "the same command", store.close)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
@@ -275,7 +277,7 @@ def sync(
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
         result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name),
-                                  service, lambda: total, reading, json_out, "sync", "sync")
+                                  service, lambda: total, reading, json_out, "sync", "sync", store.close)
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)
@@ -333,7 +335,7 @@ def demo(
     with open_store(database_url) as store:
         result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                 collection=DEMO_COLLECTION),
-                                  service, lambda: len(sections), reading, False, "demo", "the demo")
+                                  service, lambda: len(sections), reading, False, "demo", "the demo", store.close)
         print_summary(result, service, reading, elapsed, json_out=False)
         for query in DEMO_QUERIES:
             print_hits(query, store.search(query, service, k=3, collection=DEMO_COLLECTION))

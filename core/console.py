@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from core.errors import ProviderFatalError
+from core.errors import Interrupted, ProviderFatalError
+from core.interrupts import Signals, leave
 from core.redact import mask_secrets, scrub
 from core.usage import estimate_cost_usd
 
@@ -59,27 +60,55 @@ def progress_bar(quiet: bool) -> Progress:
 
 
 def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any, total: Callable[[], int],
-            reading: Reading, quiet: bool, label: str, again: str) -> tuple[dict[str, Any], float]:
+            reading: Reading, quiet: bool, label: str, again: str,
+            release: Callable[[], None]) -> tuple[dict[str, Any], float]:
     """Call ``run(on_progress)`` (an ingest or a sync) behind a progress bar; returns its result and
     the seconds it took. ``total()`` is asked at every update: chunking a long section adds to it
     as the run reads on, so the bar counts what is really embedded. A stop by the provider or the
-    database prints what was done, then exits 1."""
+    database prints what was done, then exits 1. Ctrl-C or SIGTERM stops the run
+    (``core.interrupts``): what arrived is written, the summary and ``interrupted: N stored, M not
+    yet`` are printed, ``release()`` closes what the command holds, and the process exits 130 or
+    143; a second signal exits at once with the same line."""
     started = time.perf_counter()
-    with progress_bar(quiet) as bar:
-        task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
+    latest = {"success": 0, "failed": 0, "skipped": 0}  # the last counts reported: committed ones
 
-        def on_progress(counts: Any) -> None:
-            done = counts["success"] + counts["failed"] + counts["skipped"]
-            bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"],
-                       rate=done / max(1e-9, time.perf_counter() - started))
+    def interrupted_line(counts: dict[str, int]) -> str:
+        done = counts["success"] + counts["failed"] + counts["skipped"]
+        return (f"interrupted: {counts['success']:,} stored, {max(0, total() - done):,} not yet; "
+                f"run {again} again to finish")
 
-        try:
-            result = run(on_progress)
-        except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
-            partial = getattr(error, "result", None) or {}
-            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
-            fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
-    return result, time.perf_counter() - started
+    with Signals(service.stop_requested.set, lambda: interrupted_line(latest)) as signals:
+        stopped = False
+        with progress_bar(quiet) as bar:
+            task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
+
+            def on_progress(counts: Any) -> None:
+                latest.update(success=counts["success"], failed=counts["failed"], skipped=counts["skipped"])
+                done = counts["success"] + counts["failed"] + counts["skipped"]
+                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"],
+                           rate=done / max(1e-9, time.perf_counter() - started))
+
+            try:
+                result = run(on_progress)
+            except Interrupted as error:
+                result, stopped = getattr(error, "result", None) or {}, True
+            except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
+                partial = getattr(error, "result", None) or {}
+                print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
+                fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
+        elapsed = time.perf_counter() - started
+        if stopped or signals.received is not None:  # a signal ends the command, even after a finished run
+            print_summary(result, service, reading, elapsed, json_out=quiet)
+            err.print(interrupted_line({"success": result.get("success_count", 0),
+                                        "failed": result.get("failed_count", 0),
+                                        "skipped": result.get("skipped_count", 0)}), markup=False)
+            signals.said = True
+            try:
+                release()
+            except Exception:  # what was paid for is committed: closing must not hold the exit back
+                pass
+            leave(signals.exit_code)
+    return result, elapsed
 
 
 def stopped_by(error: BaseException) -> str:

@@ -10,11 +10,15 @@ Why it is shaped this way:
   text fails alone, with its reason, and its neighbours succeed.
 - An outcome carries its caller's key; vectors are matched to inputs by the reply's ``index``
   inside the provider and the count is checked here, so nothing can shift onto the wrong item.
+- A stop (the ``stop`` event, set from any thread or a signal handler) is read between requests,
+  never raised inside one: no request is sent after it, the replies in flight get
+  ``STOP_GRACE_S`` to arrive (they are paid for), the rest are abandoned to their threads.
 """
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,14 +29,19 @@ from typing import NamedTuple
 
 from core.assemble import Request, deliver, fail, plan_units
 from core.batching import Limits, balance_target, pack
-from core.errors import ProviderFatalError, RateLimited, RequestRejected, TransientError
+from core.errors import Interrupted, ProviderFatalError, RateLimited, RequestRejected, TransientError
 from core.providers.base import Provider, Reply
 from core.ratelimit import RateLimiter
 from core.records import EmbeddingOutcome
 from core.tokens import LongInputPolicy, Tokenizer
 from core.usage import Usage
 
-__all__ = ["Dispatcher", "EmbeddingOutcome", "RetryPolicy", "Verdict"]
+__all__ = ["STOP_GRACE_S", "Dispatcher", "EmbeddingOutcome", "RetryPolicy", "Verdict"]
+
+# After a stop, replies in flight get this long to arrive: they are paid for, and most requests
+# take well under it; a command interrupted by Ctrl-C must still end within a few seconds.
+STOP_GRACE_S = 2.0
+STOP_POLL_S = 0.05  # how often a run waiting for replies looks at its stop event
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +86,22 @@ class Dispatcher:
         usage: Usage,
         pool: ThreadPoolExecutor,
         window_texts: int = 4096,
+        stop: threading.Event | None = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.provider, self.tokenizer, self.limits = provider, tokenizer, limits
         self.long_input, self.concurrency = LongInputPolicy.parse(long_input), concurrency
         self.limiter, self.retry, self.usage = limiter, retry, usage
-        self.pool, self.window_texts = pool, window_texts
+        self.pool, self.window_texts, self.stop = pool, window_texts, stop
 
     def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
         """Yield one outcome per item as requests complete.
 
         If the provider refuses the run (ProviderFatalError), nothing new is sent, what is in flight
-        is yielded, and the error is raised; items never answered get no outcome at all.
+        is yielded, and the error is raised; items never answered get no outcome at all. A stop
+        ends the same way, except that the replies in flight are awaited for ``STOP_GRACE_S`` only
+        and ``Interrupted`` is raised (unless nothing was left undone).
         """
         limits = self.limits if max_inputs is None else replace(self.limits, max_inputs=min(max_inputs, self.limits.max_inputs))
         ready: list[EmbeddingOutcome] = []
@@ -98,10 +110,11 @@ class Dispatcher:
         cancel = threading.Event()
         in_flight: dict[Future[Attempted], Request] = {}
         fatal: ProviderFatalError | None = None
+        stopped_at: float | None = None  # when the stop was seen
         exhausted = False
         try:
             while True:
-                while fatal is None and len(in_flight) < self.concurrency:
+                while fatal is None and not self._stopping() and len(in_flight) < self.concurrency:
                     if retry_queue:
                         request = retry_queue.popleft()
                     elif not exhausted:
@@ -113,12 +126,20 @@ class Dispatcher:
                     else:
                         break
                     in_flight[self.pool.submit(self._execute, request, cancel)] = request
+                if stopped_at is None and self._stopping():
+                    stopped_at = time.monotonic()
+                    cancel.set()  # requests waiting on the limiter or a backoff give up now
                 if ready:
                     yield from ready
                     ready.clear()
                 if not in_flight:
                     break
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                timeout = None if self.stop is None else STOP_POLL_S
+                if stopped_at is not None:
+                    timeout = stopped_at + STOP_GRACE_S - time.monotonic()
+                    if timeout <= 0:
+                        break  # abandoned: their replies, if any, are dropped, and a rerun sends them again
+                done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
                     request = in_flight.pop(future)
                     try:
@@ -137,10 +158,15 @@ class Dispatcher:
                         fail(request.units, attempted.reason, ready, attempted.transient)
             if fatal is not None:
                 raise fatal
+            if stopped_at is not None and (in_flight or retry_queue or not exhausted):
+                raise Interrupted(f"stopped on request; {len(in_flight)} request(s) in flight abandoned")
         finally:
             cancel.set()
             for future in in_flight:
                 future.cancel()
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     # -- reading and packing -------------------------------------------------------------------
 

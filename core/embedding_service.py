@@ -10,6 +10,7 @@ The client is built as ``OpenAI(...)``, a name imported at module level, so
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,11 @@ class EmbeddingService:
         self.concurrency = concurrency
         self.usage = Usage(self.model)
         self._cache = VectorCache(cache_size)
+        # Set it (from any thread, or a signal handler: setting is all it takes) and the runs in
+        # progress stop between requests: nothing new is sent, replies in flight get
+        # dispatch.STOP_GRACE_S to arrive, then the stream raises errors.Interrupted. Clear it to
+        # use the service again. The command sets it on Ctrl-C and SIGTERM.
+        self.stop_requested = threading.Event()
         # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
 
@@ -158,7 +164,9 @@ class EmbeddingService:
 
         Memory is bounded by the window and the requests in flight, so a million texts never sit
         in memory as Python floats. On quota/auth failures, what is in flight is yielded and then
-        ``ProviderFatalError`` is raised; items never answered get no outcome.
+        ``ProviderFatalError`` is raised; on ``stop_requested``, what arrives within
+        ``STOP_GRACE_S`` is yielded and then ``Interrupted`` is raised; items never answered get
+        no outcome.
         """
         if max_batch_size is not None and not 1 <= max_batch_size <= self.MAX_BATCH_SIZE:
             raise ValueError(f"max_batch_size must be between 1 and {self.MAX_BATCH_SIZE}")
@@ -173,6 +181,7 @@ class EmbeddingService:
             usage=self.usage,
             pool=self._pool,
             window_texts=max(1, window_texts),
+            stop=self.stop_requested,
         )
         return dispatcher.run(items, max_inputs=max_batch_size)
 

@@ -28,3 +28,10 @@ class RequestRejected(ProviderError):
 
 class ProviderFatalError(RuntimeError, ProviderError):
     """Quota exhausted, bad key, no permission, unknown model: the run stops; what is done is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop (the service's ``stop_requested``; the command sets it on Ctrl-C or
+    SIGTERM): nothing new was sent, the replies that arrived in time were delivered, and the inputs
+    never answered have no outcome, so a rerun picks them up. A KeyboardInterrupt, so that code which
+    stops on Ctrl-C stops on this too, and no ``except Exception`` swallows it."""

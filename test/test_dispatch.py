@@ -11,12 +11,14 @@
   until only the bad input fails; a single input that keeps failing transiently gives up after
   ``RetryPolicy.max_attempts``; a reply with the wrong number of vectors is retried, never
   delivered; identical texts are sent once; a fatal stop yields what was in flight and raises;
-  the ``Verdict`` kinds; ``plan_units`` on empty and too-long inputs.
+  a requested stop sends nothing new, yields the replies that arrive within the grace period,
+  abandons the rest and raises ``Interrupted``; the ``Verdict`` kinds; ``plan_units`` on empty and too-long inputs.
 """
 from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,8 +27,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from core.assemble import plan_units
 from core.batching import Limits
+from core import dispatch
 from core.dispatch import Dispatcher, RetryPolicy, Verdict
-from core.errors import ProviderFatalError, RequestRejected, TransientError
+from core.errors import Interrupted, ProviderFatalError, RequestRejected, TransientError
 from core.providers.base import Reply
 from core.ratelimit import RateLimiter
 from core.tokens import LongInputPolicy
@@ -92,10 +95,10 @@ class FakeProvider:
 
 
 def dispatcher(provider, limits, *, long_input="average", concurrency=4, window_texts=4096, retry=NO_WAIT,
-               limiter=None):
+               limiter=None, stop=None):
     return Dispatcher(provider, WordTokenizer(), limits, long_input=long_input, concurrency=concurrency,
                       limiter=limiter or RateLimiter(), retry=retry, usage=Usage("prop-model"), pool=POOL,
-                      window_texts=window_texts)
+                      window_texts=window_texts, stop=stop)
 
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
@@ -380,6 +383,64 @@ def test_a_fatal_stop_sends_nothing_new_yields_what_was_in_flight_and_raises():
     assert outcomes[0].error is None and np.array_equal(outcomes[0].vector, vector_of("slow"))
     assert sorted(provider.received) == [["boom"], ["slow"]]
     assert limiter.asked == 2  # no request was even started after the refusal
+
+
+def test_a_stop_sends_nothing_new_yields_the_replies_in_flight_and_raises_interrupted():
+    stop = threading.Event()
+
+    def answer(texts, call):
+        if texts == ["first"]:
+            stop.set()  # as a signal handler would, while "second" is on its way
+        if texts == ["second"]:
+            time.sleep(0.3)  # in flight when the stop is seen; answered well within the grace
+        return right(texts)
+
+    provider = StubProvider(answer)
+    items = [("a", "first"), ("b", "second"), ("c", "third"), ("d", "fourth")]
+    outcomes = []
+    with pytest.raises(Interrupted):
+        for outcome in dispatcher(provider, ROOMY, concurrency=2, stop=stop).run(items, max_inputs=1):
+            outcomes.append(outcome)
+
+    assert sorted(o.key for o in outcomes) == ["a", "b"]  # the paid-for reply in flight was delivered
+    assert all(np.array_equal(o.vector, vector_of(t)) for o, t in zip(sorted(outcomes, key=lambda o: o.key),
+                                                                      ["first", "second"]))
+    assert sorted(provider.received) == [["first"], ["second"]]  # nothing was sent after the stop
+
+
+def test_a_reply_that_outlasts_the_grace_is_abandoned(monkeypatch):
+    monkeypatch.setattr(dispatch, "STOP_GRACE_S", 0.2)
+    stop, release = threading.Event(), threading.Event()
+
+    def answer(texts, call):
+        stop.set()
+        release.wait(10)  # a request (or a forward pass) that will not end soon
+        return right(texts)
+
+    provider = StubProvider(answer)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted, match="1 request"):
+            list(dispatcher(provider, ROOMY, concurrency=1, stop=stop).run([("a", "slow"), ("b", "never sent")],
+                                                                           max_inputs=1))
+        assert time.monotonic() - started < 2.0  # the grace, not the request, decided when the run ended
+    finally:
+        release.set()
+    assert provider.received == [["slow"]]
+
+
+def test_a_stop_after_the_last_request_was_sent_lets_the_run_finish():
+    stop = threading.Event()
+
+    def answer(texts, call):
+        time.sleep(0.2)  # long enough for the dispatcher to have sent both and found no more
+        stop.set()
+        return right(texts)
+
+    # a third slot: the dispatcher learns that the items ran out before the stop
+    outcomes = list(dispatcher(StubProvider(answer), ROOMY, concurrency=3, stop=stop).run(
+        [("a", "one"), ("b", "two")], max_inputs=1))
+    assert sorted(o.key for o in outcomes) == ["a", "b"]  # nothing left undone: no Interrupted
 
 
 def test_verdict_has_exactly_ok_split_fail_and_cancelled():
