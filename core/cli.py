@@ -20,6 +20,7 @@ import typer
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
                              JsonOut, Model, Provider, build_service, chosen_collection, open_store)
 from core.cli_lifecycle import delete, drop_model, source_scope
+from core.cli_watch import watch
 from core.records import DEFAULT_COLLECTION
 from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
 from core.errors import ProviderFatalError
@@ -341,6 +342,7 @@ def demo(
             print_hits(query, store.search(query, service, k=3, collection=DEMO_COLLECTION))
 
 
+app.command()(watch)
 app.command()(delete)
 app.command("drop-model")(drop_model)
 
