@@ -236,10 +236,11 @@ def status(
     with open_store(database_url) as store:
         collections = store.collections()
         report = store.status(model, collection=only)
+        workers = store.workers()
     if only is not None:
         collections = {only: collections.get(only, 0)}
     if json_out:
-        out.print_json(json.dumps({"collections": collections, "models": report}, default=list))
+        out.print_json(json.dumps({"collections": collections, "models": report, "workers": workers}, default=list))
         return
     if not report and not any(collections.values()):
         out.print("nothing stored yet: run `sections ingest PATH`")
@@ -249,7 +250,13 @@ def status(
         print_table(name, {column: row.get(column, "") for column in
                            ("sections", "embedded", "current", "stale", "missing", "failed", "dimensions", "indexed")}
                     | {f"in {c}": f"{n['embedded']:,} embedded, {n['stale']:,} stale, {n['missing']:,} missing, "
-                                  f"{n['failed']:,} failed" for c, n in row["collections"].items()})
+                                  f"{n['failed']:,} failed" + (f", oldest change waiting {n['lag_s']:,.0f} s"
+                                                                if n["lag_s"] is not None else "")
+                       for c, n in row["collections"].items()})
+    for worker in workers:
+        out.print(f"  worker {worker['command']} {worker['model'] or ''} {worker['collection'] or ''} on "
+                  f"{worker['host']} pid {worker['pid']}: {worker['embedded']:,} embedded, last beat "
+                  f"{worker['last_beat_s']:.0f} s ago", markup=False)
     for name, row in report.items():
         for reason, count in row.get("top_failure_reasons", []):
             out.print(f"  {name}: failed x{count}: {scrub(reason)}", markup=False)

@@ -66,6 +66,11 @@ class Lifecycle:
         with self.connection() as conn:
             return pg_status.collection_sizes(conn)
 
+    def workers(self) -> list[pg_status.WorkerStatus]:
+        """Ingests and watchers whose heartbeat is recent: host, pid, what they do, sections embedded."""
+        with self.connection() as conn:
+            return pg_status.recent_workers(conn)
+
     def drop_model(self, model_name: str) -> pg_models.DroppedModel:
         """Delete a model's vectors, failures and leases and drop its indexes, in every collection."""
         check_model(model_name)

@@ -171,3 +171,25 @@ def test_bad_settings_are_one_line(sim, database_url, bad):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_shows_what_is_due_how_long_it_waited_and_the_workers(sim, database_url, db):
+    insert(db, [(f"w{i}", "", f"waiting {i}") for i in range(5)])
+    time.sleep(1.2)
+    status = lambda: json.loads(subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "core.cli", "status", "--model", MODEL, "--database-url", database_url, "--json"],
+        capture_output=True, text=True, timeout=60).stdout)
+    before = status()["models"][MODEL]["collections"]["default"]
+    assert before["missing"] == 5 and before["lag_s"] >= 1.0
+    watcher = start_watch(sim, database_url)
+    try:
+        wait_for(lambda: len(stored(db)) == 5)
+        after = wait_for(lambda: status()["workers"] and status()["workers"][0]["embedded"] == 5, timeout=30) >= 0
+        report = status()
+        assert after and report["models"][MODEL]["collections"]["default"]["lag_s"] is None
+        worker = report["workers"][0]
+        assert (worker["command"], worker["model"], worker["collection"]) == ("watch", MODEL, "default")
+        assert worker["pid"] == watcher.pid and worker["last_beat_s"] < 15
+    finally:
+        stop(watcher)
+    assert status()["workers"] == []

@@ -47,7 +47,11 @@ class PostgresLeases:
             return leases.take(conn, self.worker, settings.model, wanted)
 
     def report(self, embedded: int) -> None:
-        self.embedded = embedded
+        """Counted at once (not at the next heartbeat), so ``status`` is current after every pass."""
+        if embedded != self.embedded:
+            self.embedded = embedded
+            with self.database.connection() as conn:
+                leases.beat(conn, self.worker, None, embedded)
 
 
 class PostgresBackend:

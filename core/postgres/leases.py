@@ -70,10 +70,11 @@ def register_worker(conn: psycopg.Connection[Any], role: Role) -> uuid.UUID:
     return worker
 
 
-def beat(conn: psycopg.Connection[Any], worker: uuid.UUID, role: Role, embedded: int) -> None:
-    """Say this worker is alive; a worker reaped while it was silent (a suspended laptop) comes back."""
+def beat(conn: psycopg.Connection[Any], worker: uuid.UUID, role: Role | None, embedded: int) -> None:
+    """Say this worker is alive; a worker reaped while it was silent (a suspended laptop) comes back
+    (when its ``role`` is given)."""
     if conn.execute("update section_workers set last_beat = now(), embedded = %s where id = %s",
-                    (embedded, worker)).rowcount == 0:
+                    (embedded, worker)).rowcount == 0 and role is not None:
         conn.execute(_REGISTER, (worker, host_name(), os.getpid(), role.command, role.model, role.collection, embedded))
 
 

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from core.postgres.index import has_index
 
-__all__ = ["CollectionStatus", "ModelStatus", "collection_sizes", "status"]
+__all__ = ["CollectionStatus", "ModelStatus", "WorkerStatus", "collection_sizes", "recent_workers", "status"]
 
 
 class CollectionStatus(TypedDict):
@@ -22,6 +22,18 @@ class CollectionStatus(TypedDict):
     stale: int
     missing: int
     failed: int
+    lag_s: float | None  # age of the oldest change still waiting for its vector (None: nothing due)
+
+
+class WorkerStatus(TypedDict):
+    host: str
+    pid: int
+    command: str
+    model: str | None
+    collection: str | None
+    started_at: str
+    last_beat_s: float  # seconds since its last heartbeat
+    embedded: int
 
 
 class ModelStatus(TypedDict):
@@ -60,6 +72,30 @@ select model_name, reason, n from (
 """
 
 
+# Per collection, for one model: how long the oldest due section has waited since it changed.
+_LAG = """
+select s.collection, extract(epoch from now() - min(s.updated_at))::float8
+  from sections s left join section_embeddings e on e.section_id = s.id and e.model_name = %(m)s
+ where (e.section_id is null or e.content_hash is null or e.content_hash <>
+        sections_content_hash(s.title, s.content, e.model_name, e.requested_dimensions, e.long_input))
+   {collection}
+ group by s.collection
+"""
+_WORKERS = """
+select host, pid, command, model_name, collection, started_at, extract(epoch from now() - last_beat)::float8, embedded
+  from section_workers where last_beat > now() - make_interval(secs => %s) order by started_at
+"""
+RECENT_S = 120.0
+
+
+def recent_workers(conn: psycopg.Connection[Any]) -> list[WorkerStatus]:
+    """The workers (ingest, watch) whose heartbeat is recent, oldest first."""
+    return [WorkerStatus(host=r[0], pid=int(r[1]), command=r[2], model=r[3], collection=r[4],
+                         started_at=r[5].isoformat(timespec="seconds"), last_beat_s=round(float(r[6]), 1),
+                         embedded=int(r[7]))
+            for r in conn.execute(_WORKERS, (RECENT_S,)).fetchall()]
+
+
 def _where(*conditions: sql.Composable | None) -> sql.Composable:
     kept = [condition for condition in conditions if condition is not None]
     return sql.SQL("where ") + sql.SQL(" and ").join(kept) if kept else sql.SQL("")
@@ -90,7 +126,8 @@ def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: i
 
         def counts(model: str, name: str) -> CollectionStatus:
             size = sizes.get(name, 0)
-            return per[model].setdefault(name, CollectionStatus(sections=size, embedded=0, stale=0, missing=size, failed=0))
+            return per[model].setdefault(name, CollectionStatus(sections=size, embedded=0, stale=0, missing=size, failed=0,
+                                                                lag_s=None))
 
         for name, model, count, stale, stored in embedded:
             row = counts(model, name)
@@ -104,6 +141,10 @@ def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: i
         for model in sorted(per):
             for name in sizes:  # every collection counts what this model lacks there
                 counts(model, name)
+            lag_query = sql.SQL(_LAG).format(collection=sql.SQL("and s.collection = %(c)s") if collection else sql.SQL(""))
+            for name, lag in conn.execute(lag_query, {**params, "m": model}).fetchall():
+                if name in per[model]:
+                    per[model][name]["lag_s"] = round(float(lag), 1)
             rows = list(per[model].values())
             embedded_n, stale_n = _total(rows, "embedded"), _total(rows, "stale")
             stored = sorted(dims[model])
