@@ -18,7 +18,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, Provider, build_service, chosen_collection, open_store)
+                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store)
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.cli_watch import watch
 from core.records import DEFAULT_COLLECTION
@@ -273,14 +273,19 @@ def sync(
     collection: Collection = DEFAULT_COLLECTION,
     all_collections: AllCollections = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be embedded and its cost; call no API.")] = False,
+    rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
+    tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
+    own_budget: OwnBudget = False,
     json_out: JsonOut = False,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
-    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency)
+    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
     with open_store(database_url) as store:
         if dry_run:
             return sync_dry_run(store, service, name, json_out)
+        if not own_budget:
+            store.share_budget(service)
         todo = store.status(service.model, collection=name).get(service.model, {})
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)

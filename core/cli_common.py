@@ -30,6 +30,8 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document ins
 Collection = Annotated[str, typer.Option("--collection", "-c", help="The collection (a namespace of sections).")]
 AllCollections = Annotated[bool, typer.Option("--all-collections", help="Every collection, not just --collection.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
+OwnBudget = Annotated[bool, typer.Option("--own-budget", help="Learn the rate limit alone instead of sharing one "
+                                         "budget with every sync/watch of this model and server (for separate keys).")]
 
 
 def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],

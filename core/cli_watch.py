@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, Provider, build_service, chosen_collection, open_store)
+                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store)
 from core.console import err, fail, out, stopped_by
 from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
@@ -44,6 +44,7 @@ def watch(
     max_attempts: Annotated[int, typer.Option(help="Failures of the same text before a section is left alone "
                                               "until it changes.")] = 5,
     retry_delay: Annotated[float, typer.Option(help="Seconds a failed section waits per failed attempt.")] = 60.0,
+    own_budget: OwnBudget = False,
     json_out: JsonOut = False,
 ) -> None:
     """Embed what is due, then every insert and edit as it comes (LISTEN/NOTIFY, with polling); many may run at once."""
@@ -71,11 +72,11 @@ def watch(
                                                       "retrying" if done.transient else ""), markup=False)
 
     with store, Signals(lambda: (stop.set(), service.stop_requested.set()), lambda: "stopped") as signals:
-        budget = store.share_budget(service)
+        budget = "not shared (--own-budget)" if own_budget else f"shared as {store.share_budget(service)!r}"
         feed = store.change_feed(name, stop, listen_url=listen_url, poll_only=poll_only or once,
                                  poll_interval=poll_interval)
         where = "every collection" if name is None else f"collection {name}"
-        err.print(f"watching {service.model} in {where}: {feed.how}; rate budget shared as {budget!r}; "
+        err.print(f"watching {service.model} in {where}: {feed.how}; rate budget {budget}; "
                   "Ctrl-C stops", markup=False)  # on stderr even with --json: stdout holds one object per pass
         options = WatchOptions(name, poll_interval, retry=RetrySchedule(max_attempts, retry_delay), once=once)
         try:

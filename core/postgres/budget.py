@@ -19,34 +19,35 @@ __all__ = ["BURST_S", "PostgresBudget", "budget_key"]
 
 BURST_S = 60.0  # a minute's worth may go at once, as the provider's bucket allows
 
-_RESERVE = """
+_RESERVE = f"""
 insert into rate_budgets as b (key, tokens_per_minute, requests_per_minute, token_tat, request_tat)
-values (%(key)s, %(tpm)s, %(rpm)s,
-        now() + make_interval(secs => coalesce(%(tokens)s * 60.0 / %(tpm)s, 0)),
-        now() + make_interval(secs => coalesce(60.0 / %(rpm)s, 0)))
+select %(key)s, p.tpm, p.rpm,
+       now() + make_interval(secs => coalesce(p.tokens * 60.0 / p.tpm, 0)),
+       now() + make_interval(secs => coalesce(60.0 / p.rpm, 0))
+  from (select %(tokens)s::float8 as tokens, %(tpm)s::float8 as tpm, %(rpm)s::float8 as rpm) p
 on conflict (key) do update set
     tokens_per_minute = excluded.tokens_per_minute,
     requests_per_minute = excluded.requests_per_minute,
-    token_tat = case when %(tpm)s::float8 is null then b.token_tat
-                     else greatest(b.token_tat, now()) + make_interval(secs => %(tokens)s * 60.0 / %(tpm)s) end,
-    request_tat = case when %(rpm)s::float8 is null then b.request_tat
-                       else greatest(b.request_tat, now()) + make_interval(secs => 60.0 / %(rpm)s) end,
+    token_tat = case when excluded.tokens_per_minute is null then b.token_tat
+                     else greatest(b.token_tat, now()) + (excluded.token_tat - now()) end,
+    request_tat = case when excluded.requests_per_minute is null then b.request_tat
+                       else greatest(b.request_tat, now()) + (excluded.request_tat - now()) end,
     updated_at = now()
 returning greatest(0,
-    case when %(tpm)s::float8 is null then 0
-         else extract(epoch from b.token_tat - now()) - least(%(burst)s, %(tokens)s * 60.0 / %(tpm)s + %(burst)s) end,
-    case when %(rpm)s::float8 is null then 0 else extract(epoch from b.request_tat - now()) - %(burst)s end)
+    case when b.tokens_per_minute is null then 0 else extract(epoch from b.token_tat - now()) - {BURST_S} end,
+    case when b.requests_per_minute is null then 0 else extract(epoch from b.request_tat - now()) - {BURST_S} end)::float8
 """
-_PAUSE = """
-update rate_budgets set
-    token_tat = case when %(tpm)s::float8 is null then token_tat
-                     else greatest(token_tat, now() + make_interval(secs => %(seconds)s + %(burst)s
-                                                                          - %(tokens)s * 60.0 / %(tpm)s)) end,
-    request_tat = case when %(rpm)s::float8 is null then request_tat
-                       else greatest(request_tat, now() + make_interval(secs => %(seconds)s + %(burst)s
-                                                                              - 60.0 / %(rpm)s)) end,
+_PAUSE = f"""
+update rate_budgets b set
+    token_tat = case when p.tpm is null then b.token_tat
+                     else greatest(b.token_tat, now() + make_interval(secs => p.seconds + {BURST_S} - p.tokens * 60.0 / p.tpm))
+                end,
+    request_tat = case when p.rpm is null then b.request_tat
+                       else greatest(b.request_tat, now() + make_interval(secs => p.seconds + {BURST_S} - 60.0 / p.rpm)) end,
     updated_at = now()
- where key = %(key)s
+  from (select %(seconds)s::float8 as seconds, %(tokens)s::float8 as tokens, %(tpm)s::float8 as tpm,
+               %(rpm)s::float8 as rpm) p
+ where b.key = %(key)s
 """
 
 
@@ -65,7 +66,7 @@ class PostgresBudget:
     key: str
 
     def _params(self, tokens: int, tpm: float | None, rpm: float | None) -> dict[str, Any]:
-        return {"key": self.key, "tokens": float(tokens), "tpm": tpm, "rpm": rpm, "burst": BURST_S}
+        return {"key": self.key, "tokens": float(tokens), "tpm": tpm, "rpm": rpm}
 
     def reserve(self, tokens: int, tpm: float | None, rpm: float | None) -> float:
         with self.database.connection() as conn:
