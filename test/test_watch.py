@@ -193,3 +193,21 @@ def test_status_shows_what_is_due_how_long_it_waited_and_the_workers(sim, databa
     finally:
         stop(watcher)
     assert status()["workers"] == []
+
+
+def test_a_provider_outage_is_not_held_against_the_sections(sim, database_url, db):
+    sim.configure(error_rate=1.0)  # every request: a 500
+    watcher = start_watch(sim, database_url, "--poll-interval", "1", "--json")
+    try:
+        insert(db, [(f"x{i}", "", f"during the outage {i}") for i in range(20)])
+        # 20 sections x 5 attempts each once split down to one input a request: the pass gives up on all
+        wait_for(lambda: sim.stats()["by_status"].get("500", 0) >= 110, timeout=120)
+        time.sleep(1.0)
+        assert db.execute("select count(*) from embedding_failures").fetchone() == (0,)
+        sim.configure(error_rate=0.0)
+        wait_for(lambda: len(stored(db)) == 20, timeout=90)
+    finally:
+        code, out, err = stop(watcher)
+    assert code == 0, err
+    passes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(p["provider_unavailable"] for p in passes) and sum(p["failed"] for p in passes) == 0
