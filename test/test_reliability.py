@@ -472,7 +472,7 @@ def _known_unvalidated(data: bytes) -> bool:
 
 
 def _empty_tables(db):
-    db.execute("truncate sections, section_embeddings, embedding_failures")
+    db.execute("truncate sections, section_embeddings, embedding_failures, section_leases")
 
 
 @pytest.mark.parametrize("fmt", list(BUILDERS))
