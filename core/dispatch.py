@@ -247,6 +247,7 @@ class Dispatcher:
             self.limiter.succeeded()
             self._count(request)
             billed = reply.billed_tokens if reply.billed_tokens is not None else request.tokens
+            self.limiter.billed(ticket, billed)
             self.usage.add(requests=1, tokens=billed, inputs=len(texts))
             return Attempted(Verdict.OK, reply)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Protocol
 
 MAX_BACKOFF_S = 30.0
@@ -85,6 +85,7 @@ class Ticket:
     tokens: int
     requests_sent: int  # everything dispatched before this request, counted even before limits are known
     tokens_sent: int
+    unshared: bool = False  # sent before any limit was known: missing from the shared schedule
 
 
 class RateLimiter:
@@ -110,6 +111,7 @@ class RateLimiter:
         self._requests_sent = 0
         self._tokens_sent = 0
         self.shared: SharedBudget | None = None
+        self._unshared = 0  # tokens sent before any limit was known, not yet in the shared schedule
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -122,16 +124,23 @@ class RateLimiter:
 
     def acquire(self, tokens: int, cancelled: threading.Event | None = None) -> Ticket | None:
         """Wait until one request of ``tokens`` may go; None if ``cancelled`` was set meanwhile."""
-        ticket = self._acquire_here(tokens, cancelled)
         shared = self.shared
-        if ticket is None or shared is None or (self._tokens is None and self._requests is None):
+        # With a shared schedule, it alone paces the budgets: this process's own estimate (the
+        # server's level, which others drain too) would add its wait to the schedule's.
+        ticket = self._acquire_here(tokens, cancelled, pace=shared is None)
+        if ticket is None or shared is None:
             return ticket
-        wait = shared.reserve(tokens, self.tokens_per_minute, self._requests.per_minute if self._requests else None)
+        with self._cond:
+            if self._tokens is None and self._requests is None:
+                return replace(ticket, unshared=True)  # its billed tokens are charged once a limit is known
+            owed, self._unshared = self._unshared, 0
+            tpm, rpm = self.tokens_per_minute, self._requests.per_minute if self._requests else None
+        wait = shared.reserve(tokens + owed, tpm, rpm)
         if wait > 0 and (cancelled or threading.Event()).wait(wait):
             return None
         return ticket
 
-    def _acquire_here(self, tokens: int, cancelled: threading.Event | None) -> Ticket | None:
+    def _acquire_here(self, tokens: int, cancelled: threading.Event | None, pace: bool) -> Ticket | None:
         with self._cond:
             while True:
                 if cancelled is not None and cancelled.is_set():
@@ -139,8 +148,8 @@ class RateLimiter:
                 now = self._clock()
                 wait = max(
                     self._paused_until - now,
-                    self._requests.wait_for(1, now) if self._requests else 0.0,
-                    self._tokens.wait_for(tokens, now) if self._tokens else 0.0,
+                    self._requests.wait_for(1, now) if self._requests and pace else 0.0,
+                    self._tokens.wait_for(tokens, now) if self._tokens and pace else 0.0,
                 )
                 if wait <= 0:
                     ticket = Ticket(now, tokens, self._requests_sent, self._tokens_sent)
@@ -178,6 +187,13 @@ class RateLimiter:
                         sent_since, slack = self._tokens_sent - ticket.tokens_sent - ticket.tokens, ticket.tokens
                     bucket.sync(remaining, sent_since, ticket.at, now, slack)
             self._cond.notify_all()
+
+    def billed(self, ticket: Ticket | None, tokens: int) -> None:
+        """A reply's billed tokens: a request that went before any limit was known is charged to the
+        shared schedule with its next reservation (its admission count was only an upper bound)."""
+        if ticket is not None and ticket.unshared:
+            with self._cond:
+                self._unshared += tokens
 
     def succeeded(self) -> None:
         with self._cond:

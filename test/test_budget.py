@@ -63,3 +63,27 @@ def test_limiters_in_three_workers_keep_together_to_the_limit(database):
 def test_the_key_names_the_model_and_server_never_credentials():
     assert budget_key("m", "https://user:secret@llm.example:8443/v1") == "m@llm.example:8443"
     assert budget_key("m", None) == "m@api.openai.com"
+
+
+def test_what_went_before_any_limit_was_known_is_charged_to_the_schedule_at_its_billed_count():
+    reserved: list[int] = []
+
+    class Recording:  # a unit test of the limiter's side: the schedule is a list here
+        def reserve(self, tokens, tpm, rpm):
+            reserved.append(tokens)
+            return 0.0
+
+        def pause(self, seconds, tokens, tpm, rpm):
+            pass
+
+    limiter = RateLimiter()
+    limiter.shared = Recording()
+    early = limiter.acquire(4000)  # an upper bound: nothing is known yet
+    assert early is not None and early.unshared and reserved == []
+    limiter.billed(early, 900)  # the reply says what it really cost
+    limiter.observe({"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "59100"}, early)
+    later = limiter.acquire(100)
+    assert later is not None and not later.unshared and reserved == [1000]
+    limiter.billed(later, 100)  # reserved already: nothing owed
+    limiter.acquire(50)
+    assert reserved == [1000, 50]
