@@ -17,8 +17,9 @@ on. Everything else (quotes, SQL, any Unicode, megabytes) is stored verbatim.
 """
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -26,11 +27,12 @@ import numpy as np
 import psycopg
 
 from core.fingerprint import content_hash, section_text
-from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, chunked, dedupe, ingest,
-                                  valid_sections)
+from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, attach_result, chunked, dedupe,
+                                  ingest, valid_sections)
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
 from core.postgres import index as pg_index
+from core.postgres import index_build
 from core.postgres import search as pg_search
 from core.postgres import sections as pg_sections
 from core.postgres import status as pg_status
@@ -38,6 +40,7 @@ from core.postgres import vectors
 from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
+from core.postgres.index_build import BuildOptions, IndexProgress, IndexReport
 from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
                           Selection, VectorRow, check_vector)
 from core.lifecycle import Lifecycle, check_collection, check_model
@@ -46,6 +49,9 @@ from core.tokens import LongInputPolicy
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
 
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
+IndexProgressCallback = Callable[[IndexProgress], None]
+
+_log = logging.getLogger(__name__)
 
 
 class SupabaseStore(Lifecycle):
@@ -70,11 +76,15 @@ class SupabaseStore(Lifecycle):
     ):
         """Connect (``database_url``, else ``$DATABASE_URL``, else the embedded Postgres in ``data_dir``).
 
+        ``max_index_memory`` (``2GB``, ``512MB``): the most ``maintenance_work_mem`` an index build
+        asks for (``core.postgres.index_build`` says how it is chosen).
+
         ``prepare_threshold=None`` keeps psycopg from preparing statements, which the Supabase
         transaction pooler (PgBouncer/Supavisor, port 6543) cannot keep across transactions.
         """
         if max_size < 2:
             raise ValueError("max_size must be at least 2 (ingest reads and writes at once)")
+        index_build.parse_mb(max_index_memory)  # a bad value fails here, not after a long ingest
         self.auto_index_min_rows = auto_index_min_rows
         self.max_index_memory = max_index_memory
         self.database = Database(database_url, data_dir=data_dir, min_size=min_size, max_size=max_size,
@@ -176,7 +186,8 @@ class SupabaseStore(Lifecycle):
     def ingest(self, sections: Iterable[Any], embedding_service: Embedder, *, chunk_size: int = DEFAULT_CHUNK,
                write_batch: int = DEFAULT_WRITE_BATCH, queue_size: int | None = None, flush_interval: float = 0.25,
                build_index: bool | None = None, on_progress: ProgressCallback | None = None,
-               collection: str = DEFAULT_COLLECTION, prune: Selection | None = None) -> IngestSummary:
+               collection: str = DEFAULT_COLLECTION, prune: Selection | None = None,
+               on_index_progress: IndexProgressCallback | None = None) -> IngestSummary:
         """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
         Streams (``core.pipeline.ingest`` says how and why). Returns ``success_count``,
@@ -188,15 +199,21 @@ class SupabaseStore(Lifecycle):
         ``error.result``. ``prune`` (files and folders): afterwards delete the sections read from
         there before that this run did not read; ``pruned_count`` says how many.
 
-        ``build_index``: True builds the model's HNSW index afterwards, False never; None (default)
-        when the model has none yet and at least ``auto_index_min_rows`` vectors. ``on_progress``
-        gets ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too.
+        ``build_index``: afterwards, True builds each missing HNSW index of the model, None
+        (default) each missing one of a dimension with ``auto_index_min_rows`` vectors or more (so
+        a rerun that embeds nothing still builds what an earlier run failed to); both drop indexes
+        left invalid and those of dimensions the model no longer stores. False: no index work. A
+        failed build does not fail the run (every vector is stored; search is exact until an index
+        exists): its one-line reason is ``index_error`` in the summary. ``on_progress`` gets
+        ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too;
+        ``on_index_progress`` gets ``IndexProgress`` while an index builds.
         """
         settings = embedding_service.settings
         check_model(settings.model)
         options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune)
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
-        self._maybe_build_index(settings.model, build_index, run.dimensions)
+        if build_index is not False:
+            self._index_after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
             run.summary["pruned_count"] = run.pruned.deleted.sections
         return run.summary
@@ -230,33 +247,49 @@ class SupabaseStore(Lifecycle):
     # -- index & search -----------------------------------------------------------------------------
 
     def build_index(self, model_name: str, *, dimensions: int | None = None, m: int = 16,
-                    ef_construction: int = 64, maintenance_work_mem: str | None = None) -> list[str]:
-        """Build the HNSW index (cosine) for ``model_name``: one per dimension stored for it.
+                    ef_construction: int = 64, maintenance_work_mem: str | None = None,
+                    on_progress: IndexProgressCallback | None = None) -> list[str]:
+        """Build the HNSW index (cosine) for ``model_name``: one per dimension stored for it (or
+        just ``dimensions``); the names of the model's valid indexes afterwards. ``update_indexes``
+        does the work and says what it did."""
+        return self.update_indexes(model_name, dimensions=dimensions, m=m, ef_construction=ef_construction,
+                                   maintenance_work_mem=maintenance_work_mem, on_progress=on_progress).indexes
 
-        Blocks writes to ``section_embeddings`` while it builds: build after a bulk load. See
-        ``core.postgres.index.build_indexes``. Returns the names of the indexes that exist for
-        the model afterwards.
-        """
+    def update_indexes(self, model_name: str, *, dimensions: int | None = None, min_rows: int | None = None,
+                       m: int = 16, ef_construction: int = 64, maintenance_work_mem: str | None = None,
+                       on_progress: IndexProgressCallback | None = None) -> IndexReport:
+        """Bring the model's HNSW indexes up to date: drop those left invalid by a build that did not
+        finish and those of dimensions no longer stored, build each missing one (with ``min_rows``,
+        only where that many vectors are stored). A build runs without the role's statement timeout,
+        with memory sized to the graph (``core.postgres.index_build``), and blocks writes to
+        ``section_embeddings`` (not searches) while it runs. ``on_progress`` gets ``IndexProgress``
+        from a second connection while an index builds. Raises ``psycopg.Error`` if a build fails;
+        what was built or dropped before it stays."""
         check_model(model_name)
-        with self.connection() as conn:
-            return pg_index.build_indexes(conn, model_name, dimensions=dimensions, m=m,
-                                          ef_construction=ef_construction,
-                                          maintenance_work_mem=maintenance_work_mem,
-                                          max_index_memory=self.max_index_memory)
+        options = BuildOptions(m, ef_construction, maintenance_work_mem, self.max_index_memory)
+        return index_build.ensure(self.connection, model_name, dimensions=dimensions, min_rows=min_rows,
+                                  options=options, on_progress=on_progress)
 
     def has_index(self, model_name: str, dimensions: int) -> bool:
+        """Whether the model has a valid HNSW index for vectors of ``dimensions``."""
         with self.connection() as conn:
             return pg_index.has_index(conn, model_name, dimensions)
 
-    def _maybe_build_index(self, model: str, build_index: bool | None, dimensions: set[int]) -> None:
-        """After an ingest: build the index for each dimension written that has none, if asked to
-        (True) or, by default (None), once the model has ``auto_index_min_rows`` vectors of it."""
-        if build_index is False:
+    def _index_after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
+                            on_progress: IndexProgressCallback | None) -> None:
+        """The ingest's index policy (see ``ingest``): a failure is the summary's ``index_error``,
+        never the run's, so what was embedded is still reported as embedded."""
+        try:
+            report = self.update_indexes(model, min_rows=None if build_index else self.auto_index_min_rows,
+                                         on_progress=on_progress)
+        except psycopg.Error as error:
+            summary["index_error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return
-        with self.connection() as conn:
-            due = pg_index.unindexed(conn, model, dimensions, None if build_index else self.auto_index_min_rows)
-        for dims in due:
-            self.build_index(model, dimensions=dims)
+        except KeyboardInterrupt as error:  # the build rolls back; what was embedded is still reported
+            attach_result(error, summary)
+            raise
+        for note in report.notes:
+            _log.warning("%s", note)
 
     def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
                          collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
@@ -288,12 +321,14 @@ class SupabaseStore(Lifecycle):
     def status(self, model_name: str | None = None, *, top_reasons: int = 5,
                collection: str | None = None) -> dict[str, pg_status.ModelStatus]:
         """Per model: ``{model: {sections, embedded, current, stale, missing, failed, dimensions,
-        indexed, top_failure_reasons: [(reason, count)], collections: {name: counts}}}`` over
-        ``collection`` (None: all). ``stale``: vectors whose section changed since (in SQL);
-        ``missing``: sections with no vector for the model. With ``model_name``, only that model
-        (present even with nothing stored)."""
+        indexed, missing_indexes, top_failure_reasons: [(reason, count)], collections: {name:
+        counts}}}`` over ``collection`` (None: all). ``stale``: vectors whose section changed since
+        (in SQL); ``missing``: sections with no vector for the model; ``indexed``: {dimensions:
+        has a valid index}; ``missing_indexes``: dimensions with ``auto_index_min_rows`` vectors or
+        more and no valid index (their searches read every vector). With ``model_name``, only that
+        model (present even with nothing stored)."""
         with self.connection() as conn:
-            return pg_status.status(conn, model_name, top_reasons, collection)
+            return pg_status.status(conn, model_name, top_reasons, collection, self.auto_index_min_rows)
 
 
 def _vector_row(row: Sequence[Any]) -> VectorRow:

@@ -571,8 +571,8 @@ def test_status_reports_per_model(store, db):
     assert status["second"]["indexed"] == {16: True}
     only = store.status("never-seen")
     assert only == {"never-seen": {"sections": 20, "embedded": 0, "current": 0, "stale": 0, "missing": 20,
-                                   "failed": 0, "dimensions": [], "indexed": {}, "top_failure_reasons": [],
-                                   "collections": {"default": {"sections": 20, "embedded": 0, "stale": 0,
+                                   "failed": 0, "dimensions": [], "indexed": {}, "missing_indexes": [],
+                                   "top_failure_reasons": [], "collections": {"default": {"sections": 20, "embedded": 0, "stale": 0,
                                                                "missing": 20, "failed": 0}}}}
 
 
