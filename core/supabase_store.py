@@ -2,8 +2,9 @@
 
 The seed's face over the stages: ``core.pipeline`` runs ingest and sync over a backend,
 ``core.postgres`` holds the SQL (sections, vectors, claims, index, search, status) and the
-connection. This class keeps the public names and return shapes, and the policy of when an index
-is built; it holds no SQL of its own.
+connection. This class keeps the public names and return shapes; its bases hold the lifecycle
+operations (``core.lifecycle``) and the indexes and the policy of when they are built
+(``core.indexing``). It holds no SQL of its own.
 
 Connection: ``SupabaseStore(database_url)``; with none, ``$DATABASE_URL``; with neither, the
 embedded Postgres in the user's data directory. A Supabase connection string works as is, the
@@ -17,9 +18,8 @@ on. Everything else (quotes, SQL, any Unicode, megabytes) is stored verbatim.
 """
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
@@ -27,11 +27,10 @@ import numpy as np
 import psycopg
 
 from core.fingerprint import content_hash, section_text
-from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, attach_result, chunked, dedupe,
-                                  ingest, valid_sections)
+from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, chunked, dedupe, ingest,
+                                  valid_sections)
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
-from core.postgres import index as pg_index
 from core.postgres import index_build
 from core.postgres import search as pg_search
 from core.postgres import sections as pg_sections
@@ -40,21 +39,18 @@ from core.postgres import vectors
 from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
-from core.postgres.index_build import BuildOptions, IndexProgress, IndexReport
 from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
                           Selection, VectorRow, check_vector)
+from core.indexing import Indexing
 from core.lifecycle import Lifecycle, check_collection, check_model
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
 
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
-IndexProgressCallback = Callable[[IndexProgress], None]
-
-_log = logging.getLogger(__name__)
 
 
-class SupabaseStore(Lifecycle):
+class SupabaseStore(Lifecycle, Indexing):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -84,7 +80,7 @@ class SupabaseStore(Lifecycle):
         """
         if max_size < 2:
             raise ValueError("max_size must be at least 2 (ingest reads and writes at once)")
-        index_build.parse_mb(max_index_memory)  # a bad value fails here, not after a long ingest
+        index_build.parse_kb(max_index_memory)  # a bad value fails here, not after a long ingest
         self.auto_index_min_rows = auto_index_min_rows
         self.max_index_memory = max_index_memory
         self.database = Database(database_url, data_dir=data_dir, min_size=min_size, max_size=max_size,
@@ -187,7 +183,7 @@ class SupabaseStore(Lifecycle):
                write_batch: int = DEFAULT_WRITE_BATCH, queue_size: int | None = None, flush_interval: float = 0.25,
                build_index: bool | None = None, on_progress: ProgressCallback | None = None,
                collection: str = DEFAULT_COLLECTION, prune: Selection | None = None,
-               on_index_progress: IndexProgressCallback | None = None) -> IngestSummary:
+               on_index_progress: index_build.ProgressCallback | None = None) -> IngestSummary:
         """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
         Streams (``core.pipeline.ingest`` says how and why). Returns ``success_count``,
@@ -244,52 +240,7 @@ class SupabaseStore(Lifecycle):
         return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
                     on_progress=on_progress, collection=collection).summary
 
-    # -- index & search -----------------------------------------------------------------------------
-
-    def build_index(self, model_name: str, *, dimensions: int | None = None, m: int = 16,
-                    ef_construction: int = 64, maintenance_work_mem: str | None = None,
-                    on_progress: IndexProgressCallback | None = None) -> list[str]:
-        """Build the HNSW index (cosine) for ``model_name``: one per dimension stored for it (or
-        just ``dimensions``); the names of the model's valid indexes afterwards. ``update_indexes``
-        does the work and says what it did."""
-        return self.update_indexes(model_name, dimensions=dimensions, m=m, ef_construction=ef_construction,
-                                   maintenance_work_mem=maintenance_work_mem, on_progress=on_progress).indexes
-
-    def update_indexes(self, model_name: str, *, dimensions: int | None = None, min_rows: int | None = None,
-                       m: int = 16, ef_construction: int = 64, maintenance_work_mem: str | None = None,
-                       on_progress: IndexProgressCallback | None = None) -> IndexReport:
-        """Bring the model's HNSW indexes up to date: drop those left invalid by a build that did not
-        finish and those of dimensions no longer stored, build each missing one (with ``min_rows``,
-        only where that many vectors are stored). A build runs without the role's statement timeout,
-        with memory sized to the graph (``core.postgres.index_build``), and blocks writes to
-        ``section_embeddings`` (not searches) while it runs. ``on_progress`` gets ``IndexProgress``
-        from a second connection while an index builds. Raises ``psycopg.Error`` if a build fails;
-        what was built or dropped before it stays."""
-        check_model(model_name)
-        options = BuildOptions(m, ef_construction, maintenance_work_mem, self.max_index_memory)
-        return index_build.ensure(self.connection, model_name, dimensions=dimensions, min_rows=min_rows,
-                                  options=options, on_progress=on_progress)
-
-    def has_index(self, model_name: str, dimensions: int) -> bool:
-        """Whether the model has a valid HNSW index for vectors of ``dimensions``."""
-        with self.connection() as conn:
-            return pg_index.has_index(conn, model_name, dimensions)
-
-    def _index_after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
-                            on_progress: IndexProgressCallback | None) -> None:
-        """The ingest's index policy (see ``ingest``): a failure is the summary's ``index_error``,
-        never the run's, so what was embedded is still reported as embedded."""
-        try:
-            report = self.update_indexes(model, min_rows=None if build_index else self.auto_index_min_rows,
-                                         on_progress=on_progress)
-        except psycopg.Error as error:
-            summary["index_error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            return
-        except KeyboardInterrupt as error:  # the build rolls back; what was embedded is still reported
-            attach_result(error, summary)
-            raise
-        for note in report.notes:
-            _log.warning("%s", note)
+    # -- search (indexes: core.indexing) -------------------------------------------------------------
 
     def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
                          collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:

@@ -37,7 +37,7 @@ from psycopg import sql
 from core.postgres.index import (IndexPlan, StoredDimension, drop_index, has_halfvec, index_cast, index_name,
                                  index_states, lock_for_build, plan_indexes)
 
-__all__ = ["BuildOptions", "BuiltIndex", "IndexProgress", "IndexReport", "build_memory", "ensure"]
+__all__ = ["BuildOptions", "BuiltIndex", "IndexProgress", "IndexReport", "build_memory", "ensure", "parse_kb"]
 
 _log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def ensure(connect: ConnectionFactory, model_name: str, *, dimensions: int | Non
             for stored in plan.build:
                 report.built.append(_build(conn, connect, model_name, stored, halfvec, server, options,
                                            on_progress, report.notes))
-        report.indexes = sorted(state.name for state in index_states(conn, model_name).values() if state.valid)
+        report.indexes = [state.name for _, state in sorted(index_states(conn, model_name).items()) if state.valid]
     return report
 
 
@@ -157,9 +157,9 @@ def _host_memory_mb() -> int | None:
 def _settings(rows: int, dims: int, halfvec: bool, server: _Server, options: BuildOptions) -> tuple[int, int]:
     """(maintenance_work_mem in kB, workers) for one build."""
     if options.maintenance_work_mem is not None:
-        memory_kb = parse_mb(options.maintenance_work_mem) * 1024
+        memory_kb = parse_kb(options.maintenance_work_mem)
     else:
-        cap_mb = parse_mb(options.max_memory)
+        cap_mb = parse_kb(options.max_memory) // 1024
         host = _host_memory_mb() if server.local else None
         if host is not None:
             cap_mb = min(cap_mb, host // LOCAL_MEMORY_SHARE)
@@ -285,13 +285,14 @@ select p.phase, p.tuples_done, p.blocks_done, p.blocks_total, a.wait_event_type,
 """
 
 
-def parse_mb(value: str) -> int:
-    """A memory setting as Postgres writes it (``2GB``, ``512MB``, ``65536kB``, a bare number of kB) in MB."""
+def parse_kb(value: str) -> int:
+    """A memory setting as Postgres writes it (``2GB``, ``512MB``, ``65536kB``, a bare number of kB)
+    in kB; ValueError for anything else."""
     text = value.strip().upper()
-    for suffix, factor in (("TB", 1 << 20), ("GB", 1 << 10), ("MB", 1), ("KB", 1 / 1024)):
+    for suffix, factor in (("TB", 1 << 30), ("GB", 1 << 20), ("MB", 1 << 10), ("KB", 1)):
         if text.endswith(suffix):
-            return max(1, int(float(text[: -len(suffix)]) * factor))
-    return max(1, int(text) // 1024)
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
 
 
 def _mb(kb: int) -> str:
