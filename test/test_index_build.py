@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from urllib.parse import quote, urlsplit, parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import psycopg

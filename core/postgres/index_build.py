@@ -117,10 +117,7 @@ def ensure(connect: ConnectionFactory, model_name: str, *, dimensions: int | Non
     report = IndexReport(model_name)
     with connect() as conn:
         plan: IndexPlan = plan_indexes(conn, model_name, dimensions=dimensions, min_rows=min_rows)
-        report.unindexable = plan.unindexable
-        for dims in plan.unindexable:
-            _log.warning("%d dimensions cannot be HNSW-indexed by this pgvector; search for %r stays exact",
-                         dims, model_name)
+        report.unindexable = plan.unindexable  # said by the caller: after every ingest it would be noise
         for states, dropped in ((plan.invalid, report.dropped_invalid), (plan.stale, report.dropped_stale)):
             dropped.extend(state.name for state in states if drop_index(conn, model_name, state.dimensions))
         if plan.build:
