@@ -3,8 +3,10 @@
 Exit codes: 0 all done; 2 some sections failed (the rest is stored); 1 the run could not proceed
 (bad input, unreachable database, no key, quota or auth refused); 130 Ctrl-C, 143 SIGTERM (the
 run stops sending, writes what arrived and says ``interrupted: N stored, M not yet``; a second
-signal exits at once: ``core.interrupts``). Nothing secret is printed: API keys never, database
-URLs with their password masked.
+signal exits at once: ``core.interrupts``). An index that an ingest could not build is a warning,
+not a failure (exit 0): every vector is stored, search works without it, and the next ingest or
+``sections index`` (which exits 1 when it fails) builds it. Nothing secret is printed: API keys
+never, database URLs with their password masked.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection,
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.cli_watch import watch
 from core.records import DEFAULT_COLLECTION
-from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
+from core.console import (IndexBars, Reading, err, fail, out, print_hits, print_index_report, print_summary,
+                          print_table, stopped_by, tracked)
 from core.errors import ProviderFatalError
 from core.redact import scrub
 from core.usage import estimate_cost_usd
@@ -141,10 +144,11 @@ def ingest(
     with store:
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
-        result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
-                                                                collection=name, prune=scope),
-                                  service, lambda: source.count + reading.stored - reading.read, reading,
-                                  json_out, "ingest", "the same command", store.close)
+        with IndexBars(json_out) as bars:
+            result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
+                                                                    collection=name, prune=scope, on_index_progress=bars),
+                                      service, lambda: source.count + reading.stored - reading.read, reading,
+                                      json_out, "ingest", "the same command", store.close, index_bars=bars)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
@@ -252,7 +256,10 @@ def status(
                     | {f"in {c}": f"{n['embedded']:,} embedded, {n['stale']:,} stale, {n['missing']:,} missing, "
                                   f"{n['failed']:,} failed" + (f", oldest change waiting {n['lag_s']:,.0f} s"
                                                                 if n["lag_s"] is not None else "")
-                       for c, n in row["collections"].items()})
+                       for c, n in row["collections"].items()}
+                    | ({"missing index": ", ".join(f"{d:,} dims" for d in row["missing_indexes"])
+                        + f" (search reads every vector): sections index --model {name}"}
+                       if row["missing_indexes"] else {}))
     for worker in workers:
         out.print(f"  worker {worker['command']} {worker['model'] or ''} {worker['collection'] or ''} on "
                   f"{worker['host']} pid {worker['pid']}: {worker['embedded']:,} embedded, last beat "
@@ -326,12 +333,22 @@ def sync_dry_run(store, service, collection: Optional[str], json_out: bool) -> N
 def index(
     model: Model = DEFAULT_MODEL,
     database_url: DatabaseUrl = None,
+    json_out: JsonOut = False,
 ) -> None:
-    """Build the HNSW index for a model's vectors (ingest does this itself after large loads)."""
+    """Build a model's missing HNSW indexes; drop those left invalid or of dimensions no longer stored
+    (ingest does this itself after large loads)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
     with open_store(database_url) as store:
         started = time.perf_counter()
-        names = store.build_index(model)
-    out.print(f"indexed {model}: {', '.join(names) or 'nothing stored yet'} ({time.perf_counter() - started:.1f} s)")
+        try:
+            with IndexBars(json_out) as bars:
+                report = store.update_indexes(model, on_progress=bars)
+        except (psycopg.Error, PoolTimeout) as error:
+            fail(f"the HNSW index of {model} was not built: {stopped_by(error)}; every vector is stored and "
+                 "search works without it, reading every vector")
+    print_index_report(report, time.perf_counter() - started, json_out)
 
 
 @app.command()

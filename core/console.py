@@ -18,7 +18,8 @@ import typer
 from psycopg_pool import PoolTimeout
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from core.errors import Interrupted, ProviderFatalError
@@ -59,16 +60,49 @@ def progress_bar(quiet: bool) -> Progress:
     )
 
 
+class IndexBars:
+    """The progress of index builds (``IndexProgress`` events, from any thread): one bar per index,
+    shown from the first event, so a run that builds nothing shows nothing. ``before`` runs first:
+    an ingest's own bar stops there (one live display at a time)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.before: Callable[[], None] | None = None
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: Any) -> None:
+        if self.bar is None:
+            if self.before is not None:
+                self.before()
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=err, disable=self.quiet)
+            self.bar.start()
+        if event.name not in self.tasks:
+            self.tasks[event.name] = self.bar.add_task(f"index {event.dimensions:,} dims", total=event.total,
+                                                       phase=event.phase)
+        self.bar.update(self.tasks[event.name], completed=event.done, phase=event.phase)
+
+    def __enter__(self) -> IndexBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any, total: Callable[[], int],
             reading: Reading, quiet: bool, label: str, again: str,
-            release: Callable[[], None]) -> tuple[dict[str, Any], float]:
+            release: Callable[[], None], index_bars: IndexBars | None = None) -> tuple[dict[str, Any], float]:
     """Call ``run(on_progress)`` (an ingest or a sync) behind a progress bar; returns its result and
     the seconds it took. ``total()`` is asked at every update: chunking a long section adds to it
     as the run reads on, so the bar counts what is really embedded. A stop by the provider or the
     database prints what was done, then exits 1. Ctrl-C or SIGTERM stops the run
     (``core.interrupts``): what arrived is written, the summary and ``interrupted: N stored, M not
     yet`` are printed, ``release()`` closes what the command holds, and the process exits 130 or
-    143; a second signal exits at once with the same line."""
+    143; a second signal exits at once with the same line. ``index_bars``: the run's index builds
+    show there."""
     started = time.perf_counter()
     latest = {"success": 0, "failed": 0, "skipped": 0}  # the last counts reported: committed ones
 
@@ -81,6 +115,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
         stopped = False
         with progress_bar(quiet) as bar:
             task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
+            if index_bars is not None:
+                index_bars.before = bar.stop
 
             def on_progress(counts: Any) -> None:
                 latest.update(success=counts["success"], failed=counts["failed"], skipped=counts["skipped"])
@@ -137,6 +173,7 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "failure_reasons": [{"reason": r, "count": n} for r, n in reasons],
         "failed_ids": result.get("failed_ids", [])[:20],
         "tokens": tokens,
+        "index_error": result.get("index_error"),
         "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),
         "elapsed_s": round(elapsed, 3),
         "sections_per_s": round(reading.stored / elapsed, 1) if elapsed > 0 else None,
@@ -148,6 +185,7 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     summary = summary_of(result, service, reading, elapsed)
     if json_out:
         out.print_json(json.dumps(summary))
+        index_warning(summary)
         return summary
     table = Table(title=f"ingest summary ({summary['model']})", show_header=False)
     rows = [("read", "read")] + ([("stored (after chunking)", "chunks")] if reading.chunked else [])
@@ -167,7 +205,41 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     out.print(table)
     for item in summary["failure_reasons"]:
         out.print(f"  failed x{item['count']}: {scrub(item['reason'])}")
+    index_warning(summary)
     return summary
+
+
+def index_warning(summary: dict[str, Any]) -> None:
+    """A failed index build after a run: not the run's failure (every vector is stored), one line."""
+    if summary["index_error"]:
+        err.print(f"warning: the HNSW index was not built ({scrub(summary['index_error'])}); every vector is "
+                  f"stored and search works, reading every vector; `sections index --model {summary['model']}` "
+                  "builds it, and so does the next ingest", markup=False)
+
+
+def print_index_report(report: Any, elapsed: float, json_out: bool) -> None:
+    """What ``sections index`` did (an ``IndexReport``): the indexes, each build, each drop, notes."""
+    if json_out:
+        out.print_json(json.dumps({"model": report.model, "indexes": report.indexes,
+                                   "built": [built._asdict() for built in report.built],
+                                   "dropped_invalid": report.dropped_invalid, "dropped_stale": report.dropped_stale,
+                                   "unindexable": report.unindexable, "notes": report.notes,
+                                   "elapsed_s": round(elapsed, 3)}))
+        return
+    out.print(f"indexed {report.model}: {', '.join(report.indexes) or 'nothing stored yet'} ({elapsed:.1f} s)",
+              markup=False)
+    for built in report.built:
+        out.print(f"  built {built.name}: {built.rows:,} vectors of {built.dimensions:,} dimensions in "
+                  f"{built.seconds:.1f} s (maintenance_work_mem {built.memory}, up to {built.workers} parallel workers)",
+                  markup=False)
+    for name in report.dropped_invalid:
+        out.print(f"  dropped {name}: left invalid by a build that did not finish", markup=False)
+    for name in report.dropped_stale:
+        out.print(f"  dropped {name}: the model stores no vectors of its dimension any more", markup=False)
+    for dims in report.unindexable:
+        out.print(f"  {dims:,} dimensions: this pgvector cannot index them; search reads every vector", markup=False)
+    for note in report.notes:
+        err.print(f"note: {scrub(note)}", markup=False)
 
 
 def print_hits(query: str, hits: list[dict[str, Any]]) -> None:

@@ -337,6 +337,7 @@ class IngestSummary(TypedDict):
     errors: dict[str, str]
     busy_count: NotRequired[int]  # of the skipped: due, but another run was embedding them (only when > 0)
     pruned_count: NotRequired[int]  # sections a prune deleted (only when a prune was asked for)
+    index_error: NotRequired[str]  # why the index build after the run failed (the vectors are stored)
 
 
 class BatchEmbeddings(TypedDict):

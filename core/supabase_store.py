@@ -2,8 +2,9 @@
 
 The seed's face over the stages: ``core.pipeline`` runs ingest and sync over a backend,
 ``core.postgres`` holds the SQL (sections, vectors, claims, index, search, status) and the
-connection. This class keeps the public names and return shapes, and the policy of when an index
-is built; it holds no SQL of its own.
+connection. This class keeps the public names and return shapes; its bases hold the lifecycle
+operations (``core.lifecycle``) and the indexes and the policy of when they are built
+(``core.indexing``). It holds no SQL of its own.
 
 Connection: ``SupabaseStore(database_url)``; with none, ``$DATABASE_URL``; with neither, the
 embedded Postgres in the user's data directory. A Supabase connection string works as is, the
@@ -30,7 +31,7 @@ from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOpti
                                   valid_sections)
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
-from core.postgres import index as pg_index
+from core.postgres import index_build
 from core.postgres import search as pg_search
 from core.postgres import sections as pg_sections
 from core.postgres import status as pg_status
@@ -40,6 +41,7 @@ from core.postgres.database import Database
 from core.postgres.index import index_name
 from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
                           Selection, VectorRow, check_vector)
+from core.indexing import Indexing
 from core.lifecycle import Lifecycle, check_collection, check_model
 from core.tokens import LongInputPolicy
 
@@ -48,7 +50,7 @@ __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore(Lifecycle):
+class SupabaseStore(Lifecycle, Indexing):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -70,11 +72,15 @@ class SupabaseStore(Lifecycle):
     ):
         """Connect (``database_url``, else ``$DATABASE_URL``, else the embedded Postgres in ``data_dir``).
 
+        ``max_index_memory`` (``2GB``, ``512MB``): the most ``maintenance_work_mem`` an index build
+        asks for (``core.postgres.index_build`` says how it is chosen).
+
         ``prepare_threshold=None`` keeps psycopg from preparing statements, which the Supabase
         transaction pooler (PgBouncer/Supavisor, port 6543) cannot keep across transactions.
         """
         if max_size < 2:
             raise ValueError("max_size must be at least 2 (ingest reads and writes at once)")
+        index_build.parse_kb(max_index_memory)  # a bad value fails here, not after a long ingest
         self.auto_index_min_rows = auto_index_min_rows
         self.max_index_memory = max_index_memory
         self.database = Database(database_url, data_dir=data_dir, min_size=min_size, max_size=max_size,
@@ -176,7 +182,8 @@ class SupabaseStore(Lifecycle):
     def ingest(self, sections: Iterable[Any], embedding_service: Embedder, *, chunk_size: int = DEFAULT_CHUNK,
                write_batch: int = DEFAULT_WRITE_BATCH, queue_size: int | None = None, flush_interval: float = 0.25,
                build_index: bool | None = None, on_progress: ProgressCallback | None = None,
-               collection: str = DEFAULT_COLLECTION, prune: Selection | None = None) -> IngestSummary:
+               collection: str = DEFAULT_COLLECTION, prune: Selection | None = None,
+               on_index_progress: index_build.ProgressCallback | None = None) -> IngestSummary:
         """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
         Streams (``core.pipeline.ingest`` says how and why). Returns ``success_count``,
@@ -188,15 +195,21 @@ class SupabaseStore(Lifecycle):
         ``error.result``. ``prune`` (files and folders): afterwards delete the sections read from
         there before that this run did not read; ``pruned_count`` says how many.
 
-        ``build_index``: True builds the model's HNSW index afterwards, False never; None (default)
-        when the model has none yet and at least ``auto_index_min_rows`` vectors. ``on_progress``
-        gets ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too.
+        ``build_index``: afterwards, True builds each missing HNSW index of the model, None
+        (default) each missing one of a dimension with ``auto_index_min_rows`` vectors or more (so
+        a rerun that embeds nothing still builds what an earlier run failed to); both drop indexes
+        left invalid and those of dimensions the model no longer stores. False: no index work. A
+        failed build does not fail the run (every vector is stored; search is exact until an index
+        exists): its one-line reason is ``index_error`` in the summary. ``on_progress`` gets
+        ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too;
+        ``on_index_progress`` gets ``IndexProgress`` while an index builds.
         """
         settings = embedding_service.settings
         check_model(settings.model)
         options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune)
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
-        self._maybe_build_index(settings.model, build_index, run.dimensions)
+        if build_index is not False:
+            self._index_after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
             run.summary["pruned_count"] = run.pruned.deleted.sections
         return run.summary
@@ -227,36 +240,7 @@ class SupabaseStore(Lifecycle):
         return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
                     on_progress=on_progress, collection=collection).summary
 
-    # -- index & search -----------------------------------------------------------------------------
-
-    def build_index(self, model_name: str, *, dimensions: int | None = None, m: int = 16,
-                    ef_construction: int = 64, maintenance_work_mem: str | None = None) -> list[str]:
-        """Build the HNSW index (cosine) for ``model_name``: one per dimension stored for it.
-
-        Blocks writes to ``section_embeddings`` while it builds: build after a bulk load. See
-        ``core.postgres.index.build_indexes``. Returns the names of the indexes that exist for
-        the model afterwards.
-        """
-        check_model(model_name)
-        with self.connection() as conn:
-            return pg_index.build_indexes(conn, model_name, dimensions=dimensions, m=m,
-                                          ef_construction=ef_construction,
-                                          maintenance_work_mem=maintenance_work_mem,
-                                          max_index_memory=self.max_index_memory)
-
-    def has_index(self, model_name: str, dimensions: int) -> bool:
-        with self.connection() as conn:
-            return pg_index.has_index(conn, model_name, dimensions)
-
-    def _maybe_build_index(self, model: str, build_index: bool | None, dimensions: set[int]) -> None:
-        """After an ingest: build the index for each dimension written that has none, if asked to
-        (True) or, by default (None), once the model has ``auto_index_min_rows`` vectors of it."""
-        if build_index is False:
-            return
-        with self.connection() as conn:
-            due = pg_index.unindexed(conn, model, dimensions, None if build_index else self.auto_index_min_rows)
-        for dims in due:
-            self.build_index(model, dimensions=dims)
+    # -- search (indexes: core.indexing) -------------------------------------------------------------
 
     def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
                          collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
@@ -288,12 +272,14 @@ class SupabaseStore(Lifecycle):
     def status(self, model_name: str | None = None, *, top_reasons: int = 5,
                collection: str | None = None) -> dict[str, pg_status.ModelStatus]:
         """Per model: ``{model: {sections, embedded, current, stale, missing, failed, dimensions,
-        indexed, top_failure_reasons: [(reason, count)], collections: {name: counts}}}`` over
-        ``collection`` (None: all). ``stale``: vectors whose section changed since (in SQL);
-        ``missing``: sections with no vector for the model. With ``model_name``, only that model
-        (present even with nothing stored)."""
+        indexed, missing_indexes, top_failure_reasons: [(reason, count)], collections: {name:
+        counts}}}`` over ``collection`` (None: all). ``stale``: vectors whose section changed since
+        (in SQL); ``missing``: sections with no vector for the model; ``indexed``: {dimensions:
+        has a valid index}; ``missing_indexes``: dimensions with ``auto_index_min_rows`` vectors or
+        more and no valid index (their searches read every vector). With ``model_name``, only that
+        model (present even with nothing stored)."""
         with self.connection() as conn:
-            return pg_status.status(conn, model_name, top_reasons, collection)
+            return pg_status.status(conn, model_name, top_reasons, collection, self.auto_index_min_rows)
 
 
 def _vector_row(row: Sequence[Any]) -> VectorRow:

@@ -571,9 +571,12 @@ def test_status_reports_per_model(store, db):
     assert status["second"]["indexed"] == {16: True}
     only = store.status("never-seen")
     assert only == {"never-seen": {"sections": 20, "embedded": 0, "current": 0, "stale": 0, "missing": 20,
-                                   "failed": 0, "dimensions": [], "indexed": {}, "top_failure_reasons": [],
+                                   "failed": 0, "dimensions": [], "indexed": {}, "missing_indexes": [],
+                                   "top_failure_reasons": [],
                                    "collections": {"default": {"sections": 20, "embedded": 0, "stale": 0,
-                                                               "missing": 20, "failed": 0}}}}
+                                                               "missing": 20, "failed": 0, "lag_s": only[
+                                                                   "never-seen"]["collections"]["default"]["lag_s"]}}}}
+    assert only["never-seen"]["collections"]["default"]["lag_s"] >= 0
 
 
 def test_status_counts_each_collection_and_can_keep_to_one(store):
@@ -584,9 +587,10 @@ def test_status_counts_each_collection_and_can_keep_to_one(store):
     assert store.collections() == {"docs": 6, "python": 3}
     model = store.status()["fake-model"]
     assert (model["sections"], model["embedded"], model["missing"], model["failed"]) == (9, 7, 2, 1)
-    assert model["collections"] == {
+    assert {name: {k: v for k, v in row.items() if k != "lag_s"} for name, row in model["collections"].items()} == {
         "docs": {"sections": 6, "embedded": 6, "stale": 0, "missing": 0, "failed": 0},
         "python": {"sections": 3, "embedded": 1, "stale": 0, "missing": 2, "failed": 1}}
+    assert model["collections"]["docs"]["lag_s"] is None and model["collections"]["python"]["lag_s"] >= 0
     only = store.status(collection="python")["fake-model"]
     assert (only["sections"], only["embedded"], only["missing"], only["failed"]) == (3, 1, 2, 1)
     assert list(only["collections"]) == ["python"]

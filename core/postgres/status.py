@@ -1,5 +1,9 @@
 """Where each model stands, per collection: embedded, current, stale, missing, failed, dimensions, indexes.
 
+``missing_indexes`` names the dimensions that should have an HNSW index by now (as many vectors as
+an ingest builds one for) and have none that is valid: a build that failed, was interrupted, or was
+never asked for. Their searches read every vector; ``sections index`` builds them.
+
 ``stale`` is computed in SQL: the stored fingerprint against ``sections_content_hash`` of the
 section as it is now, with the settings each vector was made with, so no section leaves the server.
 """
@@ -11,7 +15,7 @@ from typing import Any, TypedDict
 import psycopg
 from psycopg import sql
 
-from core.postgres.index import has_index
+from core.postgres.index import has_index, missing_indexes
 
 __all__ = ["CollectionStatus", "ModelStatus", "WorkerStatus", "collection_sizes", "recent_workers", "status"]
 
@@ -45,6 +49,7 @@ class ModelStatus(TypedDict):
     failed: int
     dimensions: list[int]
     indexed: dict[int, bool]
+    missing_indexes: list[int]
     top_failure_reasons: list[tuple[str, int]]
     collections: dict[str, CollectionStatus]
 
@@ -108,9 +113,11 @@ def collection_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: int,
-           collection: str | None = None) -> dict[str, ModelStatus]:
+           collection: str | None = None, index_min_rows: int | None = None) -> dict[str, ModelStatus]:
     """Per model (only ``model_name``'s when given, present even with nothing stored), over
-    ``collection`` (None: all of them), with the counts of each collection."""
+    ``collection`` (None: all of them), with the counts of each collection. ``missing_indexes``:
+    over every collection (an index serves them all), dimensions with ``index_min_rows`` vectors or
+    more (None: any) and no valid index."""
     in_collection = sql.SQL("s.collection = %(c)s") if collection is not None else None
     params = {"m": model_name, "c": collection, "top": top_reasons}
     with conn.transaction():
@@ -152,6 +159,7 @@ def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: i
                 sections=sum(sizes.values()), embedded=embedded_n, current=embedded_n - stale_n, stale=stale_n,
                 missing=_total(rows, "missing"), failed=_total(rows, "failed"), dimensions=stored,
                 indexed={d: has_index(conn, model, d) for d in stored},
+                missing_indexes=missing_indexes(conn, model, index_min_rows),
                 top_failure_reasons=[(r[1], r[2]) for r in reasons if r[0] == model],
                 collections=dict(sorted(per[model].items())),
             )
