@@ -214,6 +214,11 @@ class EmbeddingSettings:
         """The policy as stored and hashed (its name)."""
         return None if self.long_input is None else self.long_input.value
 
+    @classmethod
+    def stored(cls, model: str, dimensions: int | None, long_input_name: str | None) -> EmbeddingSettings:
+        """Settings as a row stores them (``long_input_name`` None: vectors written as given)."""
+        return cls(model, dimensions, None if long_input_name is None else LongInputPolicy.parse(long_input_name))
+
 
 # -- what the engine hands on ---------------------------------------------------------------------------
 
