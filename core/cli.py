@@ -17,6 +17,7 @@ import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
                              JsonOut, Model, Provider, build_service, chosen_collection, open_store)
+from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.records import DEFAULT_COLLECTION
 from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
@@ -112,11 +113,17 @@ def ingest(
     collection: Collection = DEFAULT_COLLECTION,
     prune: Annotated[bool, typer.Option("--prune", help="Afterwards, delete the sections of this collection read "
                                         "from these files and folders before that this run no longer found.")] = False,
+    batch_api: BatchApi = False,
+    no_wait: NoWait = False,
+    fallback: Fallback = False,
+    batch_max_inputs: BatchMaxInputs = None,
+    batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
+    batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
     if prune and "-" in paths:
         fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)
@@ -138,6 +145,10 @@ def ingest(
     with store:
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
+        if batch is not None:
+            run_batch(lambda progress: store.batch_ingest(sections, service, options=batch.options, limits=batch.limits,
+                                                          collection=name, prune=scope, on_progress=progress),
+                      service, reading, json_out, "the same command", verbose)
         result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                 collection=name, prune=scope),
                                   service, lambda: source.count + reading.stored - reading.read, reading,
@@ -169,7 +180,8 @@ def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, js
     report: dict[str, Any] = {
         "model": service.model, "collection": collection, "read": reading.read, "chunks": reading.stored,
         "invalid": reading.invalid, "unchanged": unchanged, "would_embed": to_embed, "tokens": tokens,
-        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),
+        "estimated_batch_cost_usd": round(estimate_cost_usd(service.model, tokens, batch=True), 6)}
     doomed = prune_unseen(store.backend, scope, seen, dry_run=True).ids if scope is not None else None
     if doomed is not None:
         report["would_prune"] = len(doomed)
@@ -177,7 +189,7 @@ def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, js
         out.print_json(json.dumps({**report, **({"prune_ids": doomed} if doomed is not None else {})}))
         return
     print_table(f"dry run ({service.model}, collection {collection}): nothing sent, nothing deleted",
-                {key.replace("_", " "): f"${value:.4f}" if key == "estimated_cost_usd" else f"{value:,}"
+                {key.replace("_", " "): f"${value:.4f}" if key.endswith("cost_usd") else f"{value:,}"
                  for key, value in report.items() if key not in ("model", "collection")})
     shown = doomed if verbose else (doomed or [])[:20]
     for section_id in shown or []:
@@ -263,14 +275,24 @@ def sync(
     collection: Collection = DEFAULT_COLLECTION,
     all_collections: AllCollections = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be embedded and its cost; call no API.")] = False,
+    batch_api: BatchApi = False,
+    no_wait: NoWait = False,
+    fallback: Fallback = False,
+    batch_max_inputs: BatchMaxInputs = None,
+    batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
+    batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency)
     with open_store(database_url) as store:
         if dry_run:
             return sync_dry_run(store, service, name, json_out)
+        if batch is not None:
+            run_batch(lambda progress: store.batch_sync(service, options=batch.options, limits=batch.limits,
+                                                        collection=name, on_progress=progress),
+                      service, Reading(), json_out, "sync", count=True)
         todo = store.status(service.model, collection=name).get(service.model, {})
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
@@ -293,14 +315,16 @@ def sync_dry_run(store, service, collection: Optional[str], json_out: bool) -> N
         if len(first) < 20:
             first.append(section.id)
     report = {"model": service.model, "collection": collection, "would_embed": count, "tokens": tokens,
-              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
+              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),
+              "estimated_batch_cost_usd": round(estimate_cost_usd(service.model, tokens, batch=True), 6)}
     if json_out:
         out.print_json(json.dumps(report))
         return
     where = "every collection" if collection is None else f"collection {collection}"
     print_table(f"sync dry run ({service.model}, {where}): nothing sent",
                 {"would embed": f"{count:,}", "tokens": f"{tokens:,}",
-                 "estimated cost": f"${report['estimated_cost_usd']:.4f}"})
+                 "estimated cost": f"${report['estimated_cost_usd']:.4f}",
+                 "estimated cost with --batch-api": f"${report['estimated_batch_cost_usd']:.4f}"})
     for section_id in first:
         out.print(f"  due: {section_id}", markup=False)
     if count > len(first):
@@ -341,6 +365,7 @@ def demo(
 
 app.command()(delete)
 app.command("drop-model")(drop_model)
+app.command()(batches)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
