@@ -169,7 +169,7 @@ def _collect(store: Any, jobs: Iterable[JobRecord], wait: bool, fallback: bool, 
         service = build_service(settings.model, endpoint, None, settings.dimensions,
                                 long_input=settings.long_input_name or "average")
         reading = Reading()
-        result, elapsed = _tracked(lambda progress: store.collect_batches(
+        result, elapsed = _tracked(lambda progress, service=service: store.collect_batches(
             service, options=BatchOptions(wait=wait, fallback=fallback), on_progress=progress),
             service, reading, json_out, "`sections batches --collect`")
         reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)

@@ -73,6 +73,9 @@ def test_a_backfill_of_thousands_is_one_job_at_half_price_and_each_section_gets_
         sim, database_url, db, tmp_path):
     long_text = "A long chapter. " + " ".join(f"word{i}" for i in range(9000))  # over 8,191 tokens: averaged
     texts = corpus(tmp_path / "c.jsonl", 3000, {7: "the same text twice", 8: "the same text twice", 9: long_text})
+    dry = summary_of(sections_cli("ingest", tmp_path / "c.jsonl", *embedding(sim, database_url), "--dry-run", "--json"))
+    assert dry["would_embed"] == 3000 and dry["estimated_cost_usd"] > 0  # the Batch API's estimate beside it:
+    assert dry["estimated_batch_cost_usd"] == pytest.approx(dry["estimated_cost_usd"] / 2, abs=1e-6)
     done = sections_cli("ingest", tmp_path / "c.jsonl", *embedding(sim, database_url), "--batch-api", "--json")
     assert done.returncode == 0, done.stderr
     summary = summary_of(done)
@@ -235,7 +238,8 @@ def test_sync_through_the_batch_api_and_a_cancelled_job_leaves_its_sections_due(
 
     sim.configure(batch_delay=0.0)
     dry = summary_of(sections_cli("sync", *embedding(sim, database_url), "--dry-run", "--json"))
-    assert dry["would_embed"] == 200 and dry["estimated_batch_cost_usd"] == pytest.approx(dry["estimated_cost_usd"] / 2)
+    assert dry["would_embed"] == 200
+    assert dry["estimated_batch_cost_usd"] == pytest.approx(dry["estimated_cost_usd"] / 2, abs=1e-6)
     done = summary_of(sections_cli("sync", *embedding(sim, database_url), "--batch-api", "--json"))
     assert done["embedded"] == 200 and sim.stats()["batches"] == 2
     check_vectors(db, {f"t{i}": f"stored text {i}" for i in range(200)})

@@ -38,13 +38,13 @@ insert into section_batch_jobs (id, model_name, requested_dimensions, long_input
 values (%(id)s, %(model)s, %(dims)s, %(policy)s, %(collection)s, %(endpoint)s, 'submitting', %(file)s, %(worker)s,
         %(requests)s, %(inputs)s, %(sections)s, %(tokens)s)
 """
-_MOVE_ITEMS = """
+_MOVE_ITEMS = f"""
 with moved as (
-    delete from section_batch_items i using {stage} s
+    delete from section_batch_items i using {_ITEM_STAGE} s
      where i.job_id = %(old)s and i.section_id = s.section_id
     returning i.section_id)
 update section_batch_jobs set retried = retried + (select count(*) from moved) where id = %(old)s
-""".format(stage=_ITEM_STAGE)
+"""
 _INSERT_ITEMS = f"""
 insert into section_batch_items (job_id, section_id, model_name, content_hash, requests, positions, weights, attempt)
 select %(id)s, section_id, %(model)s, content_hash, requests, positions, weights, attempt from {_ITEM_STAGE}
