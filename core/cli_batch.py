@@ -62,9 +62,10 @@ def batch_flags(batch_api: bool, no_wait: bool, fallback: bool, max_inputs: Opti
         return None
     defaults = BatchLimits()
     try:
-        limits = BatchLimits(defaults.max_requests, max_inputs or defaults.max_inputs, max_bytes or defaults.max_bytes)
-    except ValueError as error:
-        fail(str(error))
+        limits = BatchLimits(defaults.max_requests, defaults.max_inputs if max_inputs is None else max_inputs,
+                             defaults.max_bytes if max_bytes is None else max_bytes)
+    except ValueError:
+        fail("--batch-max-inputs and --batch-max-bytes must be positive")
     return BatchFlags(BatchOptions(wait=not no_wait, fallback=fallback), limits)
 
 
@@ -77,6 +78,7 @@ def _tracked(run: Callable[[Callable[[BatchProgress], None]], dict[str, Any]], s
              quiet: bool, again: str) -> tuple[dict[str, Any], float]:
     """Run behind a progress bar of the jobs' requests; a stop prints what was done and how to go on."""
     started = time.perf_counter()
+    stop: BaseException | None = None
     with _progress(quiet) as bar:
         task = bar.add_task("batch: reading", total=None, info="")
 
@@ -88,15 +90,19 @@ def _tracked(run: Callable[[Callable[[BatchProgress], None]], dict[str, Any]], s
 
         try:
             result = run(on_progress)
-        except (ProviderError, psycopg.Error, PoolTimeout, KeyboardInterrupt) as error:
-            partial = getattr(error, "result", None) or {}
-            if partial:
-                _print(partial, service, reading, time.perf_counter() - started, False)
-            why = "interrupted" if isinstance(error, KeyboardInterrupt) else stopped_by(error)
-            fail(f"{why} — the batch jobs are recorded and keep running: run {again} again, or "
-                 "`sections batches --collect`, to write their results")
-        except ValueError as error:  # the Batch API needs an OpenAI-compatible provider
-            fail(str(error))
+        except (ProviderError, psycopg.Error, PoolTimeout, KeyboardInterrupt, ValueError) as error:
+            stop = error
+    if isinstance(stop, ValueError):  # the Batch API needs an OpenAI-compatible provider
+        fail(str(stop))
+    if stop is not None:
+        partial = getattr(stop, "result", None) or {}
+        if partial:
+            _print(partial, service, reading, time.perf_counter() - started, False)
+        why = "interrupted" if isinstance(stop, KeyboardInterrupt) else stopped_by(stop)
+        running = int(partial.get("jobs_open", 0))
+        fail(f"{why} — {running} batch job(s) are recorded and keep running: run {again} again, or "
+             "`sections batches --collect`, to write their results" if running else
+             f"{why} — no batch job is left running; run {again} again to go on")
     return result, time.perf_counter() - started
 
 
