@@ -21,7 +21,7 @@ from core.providers.base import Reply
 from core.records import EmbeddingOutcome
 from core.tokens import LongInputPolicy, Tokenizer, plan_long_input
 
-__all__ = ["Job", "Request", "Unit", "deliver", "fail", "plan_units"]
+__all__ = ["Job", "Request", "Unit", "deliver", "fail", "mean_of_pieces", "plan_units"]
 
 
 class Job:
@@ -137,13 +137,31 @@ def _settle(job: Job, vector: np.ndarray, weight: int, ready: list[EmbeddingOutc
         job.done = True
         ready.append(EmbeddingOutcome(job.key, vector, job.tokens))
         return
-    part = vector.astype(np.float64) * weight
+    part = _weighted(vector, weight)
     job.acc = part if job.acc is None else job.acc + part
     if job.left == 0:
         job.done = True
-        norm = np.linalg.norm(job.acc)
-        mean = (job.acc / norm if norm > 0 else job.acc).astype(np.float32)
-        ready.append(EmbeddingOutcome(job.key, mean, job.tokens))
+        ready.append(EmbeddingOutcome(job.key, _renormalised(job.acc), job.tokens))
+
+
+def _weighted(vector: np.ndarray, weight: int) -> np.ndarray:
+    return vector.astype(np.float64) * weight
+
+
+def _renormalised(acc: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(acc)
+    return (acc / norm if norm > 0 else acc).astype(np.float32)
+
+
+def mean_of_pieces(pieces: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """A long input's vector from its pieces' ``(vector, weight)``, in piece order: the same
+    token-weighted mean, renormalised, that the synchronous path takes (one piece: its vector)."""
+    if len(pieces) == 1:
+        return pieces[0][0]
+    acc = _weighted(*pieces[0])
+    for vector, weight in pieces[1:]:
+        acc = acc + _weighted(vector, weight)
+    return _renormalised(acc)
 
 
 def _settle_failure(job: Job, reason: str, unit_tokens: int, ready: list[EmbeddingOutcome],

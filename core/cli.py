@@ -13,22 +13,22 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from typing import Annotated, Any, List, Optional
 
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
                              JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store)
+from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from core.cli_lifecycle import delete, drop_model, source_scope
+from core.cli_dry_run import dry_run_report, sync_dry_run
 from core.cli_watch import watch
 from core.records import DEFAULT_COLLECTION
 from core.console import (IndexBars, Reading, err, fail, out, print_hits, print_index_report, print_summary,
                           print_table, stopped_by, tracked)
 from core.errors import ProviderFatalError
 from core.redact import scrub
-from core.usage import estimate_cost_usd
 
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
 DEMO_QUERIES = {
@@ -118,11 +118,17 @@ def ingest(
     collection: Collection = DEFAULT_COLLECTION,
     prune: Annotated[bool, typer.Option("--prune", help="Afterwards, delete the sections of this collection read "
                                         "from these files and folders before that this run no longer found.")] = False,
+    batch_api: BatchApi = False,
+    no_wait: NoWait = False,
+    fallback: Fallback = False,
+    batch_max_inputs: BatchMaxInputs = None,
+    batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
+    batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
     if prune and "-" in paths:
         fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)
@@ -144,6 +150,10 @@ def ingest(
     with store:
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
+        if batch is not None:
+            run_batch(lambda progress: store.batch_ingest(sections, service, options=batch.options, limits=batch.limits,
+                                                          collection=name, prune=scope, on_progress=progress),
+                      service, reading, json_out, "the same command", verbose)
         with IndexBars(json_out) as bars:
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars),
@@ -156,41 +166,6 @@ def ingest(
         for path in source.unread_paths:
             out.print(f"  not read: {path}", markup=False)
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)
-
-
-def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, json_out: bool, collection: str,
-                   scope, verbose: bool) -> None:
-    """What an ingest would embed, cost and prune, from the stored fingerprints and exact token counts."""
-    from core.fingerprint import split_current
-    from core.pipeline.prune import prune_unseen
-
-    unchanged = to_embed = tokens = 0
-    seen: set[str] = set()
-    stream = iter(sections)
-    while batch := list(islice(stream, 1000)):
-        split = split_current(batch, service.settings, store.stored_hashes(service.model, [s.id for s in batch]))
-        unchanged += split.unchanged
-        to_embed += len(split.due)
-        tokens += sum(service.tokenizer.count(due.text) for due in split.due)
-        seen.update(section.id for section in batch)
-    report: dict[str, Any] = {
-        "model": service.model, "collection": collection, "read": reading.read, "chunks": reading.stored,
-        "invalid": reading.invalid, "unchanged": unchanged, "would_embed": to_embed, "tokens": tokens,
-        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
-    doomed = prune_unseen(store.backend, scope, seen, dry_run=True).ids if scope is not None else None
-    if doomed is not None:
-        report["would_prune"] = len(doomed)
-    if json_out:
-        out.print_json(json.dumps({**report, **({"prune_ids": doomed} if doomed is not None else {})}))
-        return
-    print_table(f"dry run ({service.model}, collection {collection}): nothing sent, nothing deleted",
-                {key.replace("_", " "): f"${value:.4f}" if key == "estimated_cost_usd" else f"{value:,}"
-                 for key, value in report.items() if key not in ("model", "collection")})
-    shown = doomed if verbose else (doomed or [])[:20]
-    for section_id in shown or []:
-        out.print(f"  would prune: {section_id}", markup=False)
-    if doomed and len(doomed) > len(shown or []):
-        out.print(f"  … and {len(doomed) - len(shown or []):,} more (--verbose lists them all)", markup=False)
 
 
 @app.command()
@@ -283,14 +258,24 @@ def sync(
     rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
     tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
     own_budget: OwnBudget = False,
+    batch_api: BatchApi = False,
+    no_wait: NoWait = False,
+    fallback: Fallback = False,
+    batch_max_inputs: BatchMaxInputs = None,
+    batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
+    batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
     with open_store(database_url) as store:
         if dry_run:
             return sync_dry_run(store, service, name, json_out)
+        if batch is not None:
+            run_batch(lambda progress: store.batch_sync(service, options=batch.options, limits=batch.limits,
+                                                        collection=name, on_progress=progress),
+                      service, Reading(), json_out, "sync", count=True)
         if not own_budget:
             store.share_budget(service)
         todo = store.status(service.model, collection=name).get(service.model, {})
@@ -301,32 +286,6 @@ def sync(
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
     raise typer.Exit(2 if summary["failed"] else 0)
-
-
-def sync_dry_run(store, service, collection: Optional[str], json_out: bool) -> None:
-    """What a sync would embed now and its cost: the due sections, their exact token counts."""
-    from core.fingerprint import section_text
-
-    count = tokens = 0
-    first: list[str] = []
-    for section in store.due_sections(service.settings, collection):
-        count += 1
-        tokens += service.tokenizer.count(section_text(section.title, section.content))
-        if len(first) < 20:
-            first.append(section.id)
-    report = {"model": service.model, "collection": collection, "would_embed": count, "tokens": tokens,
-              "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6)}
-    if json_out:
-        out.print_json(json.dumps(report))
-        return
-    where = "every collection" if collection is None else f"collection {collection}"
-    print_table(f"sync dry run ({service.model}, {where}): nothing sent",
-                {"would embed": f"{count:,}", "tokens": f"{tokens:,}",
-                 "estimated cost": f"${report['estimated_cost_usd']:.4f}"})
-    for section_id in first:
-        out.print(f"  due: {section_id}", markup=False)
-    if count > len(first):
-        out.print(f"  … and {count - len(first):,} more", markup=False)
 
 
 @app.command()
@@ -374,6 +333,7 @@ def demo(
 app.command()(watch)
 app.command()(delete)
 app.command("drop-model")(drop_model)
+app.command()(batches)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

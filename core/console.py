@@ -158,6 +158,7 @@ def stopped_by(error: BaseException) -> str:
 def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: float) -> dict[str, Any]:
     reasons = Counter(result.get("errors", {}).values()).most_common(5)
     tokens = int(result.get("total_tokens", 0))
+    batch_tokens = int(result.get("batch_tokens", 0))  # of them, billed through the Batch API (--batch-api)
     return {
         "model": service.model,
         "read": reading.read,
@@ -174,7 +175,10 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "failed_ids": result.get("failed_ids", [])[:20],
         "tokens": tokens,
         "index_error": result.get("index_error"),
-        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),
+        "estimated_cost_usd": round(estimate_cost_usd(service.model, tokens - batch_tokens)
+                                    + estimate_cost_usd(service.model, batch_tokens, batch=True), 6),
+        "sync_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),  # the same tokens at each price
+        "batch_cost_usd": round(estimate_cost_usd(service.model, tokens, batch=True), 6),
         "elapsed_s": round(elapsed, 3),
         "sections_per_s": round(reading.stored / elapsed, 1) if elapsed > 0 else None,
     }
@@ -200,6 +204,7 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     if reading.unread:
         table.add_row("files not read", ", ".join(f"{ext or '(none)'} {n:,}" for ext, n in reading.unread.most_common()))
     table.add_row("estimated cost", f"${summary['estimated_cost_usd']:.4f}")
+    table.add_row("price: synchronous | Batch API", f"${summary['sync_cost_usd']:.4f} | ${summary['batch_cost_usd']:.4f}")
     table.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")
     table.add_row("sections/s", f"{summary['sections_per_s'] or 0:,.1f}")
     out.print(table)

@@ -14,10 +14,11 @@ import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, List, cast
+from typing import TYPE_CHECKING, Any, List, cast
 
 from openai import OpenAI
 
+from core.batch_records import BatchLimits
 from core.batching import Limits
 from core.cache import VectorCache
 from core.dispatch import Dispatcher, RetryPolicy
@@ -26,8 +27,12 @@ from core.providers import build_provider, choose_provider, parse_kind
 from core.providers.base import ProviderKind, ProviderOptions
 from core.ratelimit import RateLimiter
 from core.records import BatchEmbeddings, EmbeddingOutcome, EmbeddingSettings
+from core.redact import mask_url
 from core.tokens import LongInputPolicy
 from core.usage import PRICE_PER_MILLION_TOKENS, Usage
+
+if TYPE_CHECKING:
+    from core.batch_embedder import BatchEmbedder
 
 __all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError", "choose_provider"]
 
@@ -119,6 +124,18 @@ class EmbeddingService:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             self.client.close()
+
+    def batch_api(self, limits: BatchLimits | None = None) -> BatchEmbedder:
+        """This service's Batch API side (OpenAI and compatible servers only): files planned as this
+        service plans requests, so a batch stores the vectors the synchronous path would."""
+        from core.batch_embedder import BatchEmbedder
+        from core.providers.openai_batch import BatchClient
+
+        if self.provider_name is not ProviderKind.OPENAI or self.client is None:
+            raise ValueError(f"the Batch API needs an OpenAI-compatible provider, not {self.provider_name.value} "
+                             f"({self.model}): give an OpenAI model or --base-url")
+        return BatchEmbedder(BatchClient(self.client, self.dimensions), self.tokenizer, self.limits,
+                             limits or BatchLimits(), self.settings, mask_url(str(self.client.base_url).rstrip("/")))
 
     def __enter__(self) -> "EmbeddingService":
         return self

@@ -53,7 +53,7 @@ class Section:
     ``metadata`` is any JSON value; None means "keep what is stored" (a caller that says nothing
     about metadata must not erase it). ``location`` ("file:line") exists only for messages, so it
     takes no part in equality, and ``metadata`` takes no part in the hash, so sections can still be
-    put in sets.
+    put in sets. ``source`` (where it was read from, like ``location``) takes no part in equality.
     """
 
     id: str
@@ -62,7 +62,7 @@ class Section:
     metadata: Any = field(default=None, hash=False)
     location: str = field(default="", compare=False)
     from_document: bool = field(default=False, compare=False, hash=False)  # read from a document file
-    source: str | None = None  # the file it was read from (absolute); None: given through the API or stdin
+    source: str | None = field(default=None, compare=False)  # the file it was read from (absolute); None: API or stdin
 
 
 class Rejected(NamedTuple):
@@ -214,6 +214,11 @@ class EmbeddingSettings:
     def long_input_name(self) -> str | None:
         """The policy as stored and hashed (its name)."""
         return None if self.long_input is None else self.long_input.value
+
+    @classmethod
+    def stored(cls, model: str, dimensions: int | None, long_input_name: str | None) -> EmbeddingSettings:
+        """Settings as a row stores them (``long_input_name`` None: vectors written as given)."""
+        return cls(model, dimensions, None if long_input_name is None else LongInputPolicy.parse(long_input_name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, Failu
                           Selection, VectorRow, check_vector)
 from core.indexing import Indexing
 from core.lifecycle import Lifecycle, check_collection, check_model
+from core.batch_store import BatchStore
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
@@ -50,7 +51,7 @@ __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore(Lifecycle, Indexing):
+class SupabaseStore(Lifecycle, Indexing, BatchStore):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK

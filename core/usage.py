@@ -12,8 +12,12 @@ PRICE_PER_MILLION_TOKENS = {
 }
 
 
-def estimate_cost_usd(model: str, tokens: int) -> float:
-    return tokens * PRICE_PER_MILLION_TOKENS.get(model, 0.0) / 1_000_000
+BATCH_PRICE_FACTOR = 0.5  # the Batch API bills half the synchronous price
+
+
+def estimate_cost_usd(model: str, tokens: int, *, batch: bool = False) -> float:
+    """The price of ``tokens`` on ``model``, synchronous or (``batch``) through the Batch API."""
+    return tokens * PRICE_PER_MILLION_TOKENS.get(model, 0.0) / 1_000_000 * (BATCH_PRICE_FACTOR if batch else 1.0)
 
 
 @dataclass

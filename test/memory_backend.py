@@ -102,7 +102,7 @@ class MemoryBackend:
                     section = replace(section, metadata=old.metadata)
                 if old is not None and section.source is None:
                     section = replace(section, source=old.source)
-                changed += old != section
+                changed += old != section or (old is not None and old.source != section.source)
                 self.sections[section.id] = section
                 self.collections[section.id] = collection
         return changed

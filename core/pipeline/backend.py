@@ -1,4 +1,5 @@
-"""What the pipeline needs from storage: the seam between orchestration and SQL.
+"""What the pipeline needs from storage: the seam between orchestration and SQL (``Backend``, and
+``JobStore`` for the Batch API's jobs).
 
 Every method is one unit of work that either happens or does not (one transaction each), so the
 pipeline's promises (nothing paid for is lost, a rerun embeds only what is missing, a failure is
@@ -10,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from core.batch_records import BatchState, JobItem, JobRecord, JobWrite, NewJob
 from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult)
 
-__all__ = ["Backend", "ChangeFeed", "Claim", "Leases"]
+__all__ = ["Backend", "ChangeFeed", "Claim", "JobStore", "JobWorker", "Leases"]
 
 
 class ChangeFeed(Protocol):
@@ -108,4 +110,71 @@ class Backend(Protocol):
 
     def delete_selected(self, selection: Selection) -> Deleted:
         """Delete what a selection matches (with its vectors, failures and leases) in one transaction."""
+        ...
+
+
+class JobWorker(Leases, Protocol):
+    """A registered run that leases sections and records the Batch API jobs it submits."""
+
+    def record(self, job: NewJob, replaces: str | None = None) -> None:
+        """Record ``job`` and its items (owned by this run until its batch id is known) and drop this
+        run's leases on its sections, in one transaction; with ``replaces``, the sections' items
+        leave that older job in the same transaction, so they are covered all along."""
+        ...
+
+    def hold(self, job_id: str) -> bool:
+        """Become the one run handling an open job (submitting it after its submitter died before
+        recording its batch id, or collecting it); False while another live run handles it."""
+        ...
+
+
+class JobStore(Protocol):
+    """Batch API jobs as recorded: what each covers, where it stands, writing what it delivered."""
+
+    def worker(self, command: str) -> AbstractContextManager[JobWorker]:
+        """A registered run (as ``Backend.worker``) that can also record jobs."""
+        ...
+
+    def due(self, settings: EmbeddingSettings, after: str | None, limit: int, collection: str | None) -> list[Section]:
+        """The next ``limit`` due sections after ``after`` in id order (read without locking)."""
+        ...
+
+    def resendable(self, settings: EmbeddingSettings, job_id: str, section_ids: Sequence[str]) -> list[Section]:
+        """Of these sections of the job, those that still hold the text sent and have no vector of
+        it stored: what may be sent again."""
+        ...
+
+    def open_jobs(self, settings: EmbeddingSettings | None = None, endpoint: str | None = None) -> list[JobRecord]:
+        """Jobs not yet collected, oldest first (of ``settings`` at ``endpoint`` when given)."""
+        ...
+
+    def jobs(self, limit: int) -> list[JobRecord]:
+        """The newest jobs, collected or not."""
+        ...
+
+    def job(self, key: str) -> JobRecord | None:
+        """A job by its record id or its batch id."""
+        ...
+
+    def polled(self, job_id: str, state: BatchState) -> None:
+        """Record what the provider said of the job's batch (the first time: its id, which ends the
+        submitting run's hold on it)."""
+        ...
+
+    def forget(self, job_id: str) -> None:
+        """Delete a job whose batch was never created (nothing was paid); its sections are due again."""
+        ...
+
+    def items(self, job_id: str) -> list[JobItem]:
+        """The sections the job still covers."""
+        ...
+
+    def write(self, settings: EmbeddingSettings, job_id: str, successes: Sequence[VectorRow],
+              failures: Sequence[FailureRow]) -> JobWrite:
+        """Write results of the job in one transaction, only for sections whose text is still the
+        one sent (the others are ``changed``); the items of every section named leave the job."""
+        ...
+
+    def close(self, job_id: str, billed_tokens: int) -> None:
+        """The job is collected: its remaining items go, its bill is recorded."""
         ...

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -31,11 +31,11 @@ from core.pipeline.backend import Backend, Leases
 from core.pipeline.prune import Pruned, prune_unseen
 from core.pipeline.tally import ProgressCallback, Tally
 from core.pipeline.writer import Writer
-from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingOutcome, FailureRow, IngestSummary, Rejected, Section,
-                          Selection, VectorRow, coerce_section, collection_problem)
+from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingOutcome, EmbeddingSettings, FailureRow, IngestSummary,
+                          Rejected, Section, Selection, VectorRow, coerce_section, collection_problem)
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "chunked", "dedupe", "ingest",
-           "valid_sections"]
+           "read_due", "valid_sections"]
 
 _log = logging.getLogger(__name__)
 NOT_EMBEDDED = "embedding failed"
@@ -109,6 +109,41 @@ def chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings: EmbeddingSettings,
+             options: IngestOptions, tally: Tally, put: Callable[[FailureRow], None], seen: set[str],
+             stopped: Callable[[], bool] = lambda: False) -> Iterator[Due]:
+    """The sections to embed, as they are read: each chunk validated, stored in the collection and
+    checked against the stored fingerprints; the due sections this run could lease are yielded,
+    the rest counted. Blank sections go to ``put`` as failures; with a prune, the ids read are
+    added to ``seen``. ``stopped`` is asked after each chunk."""
+    for chunk in chunked(sections, options.chunk_size):
+        rejected: list[Rejected] = []
+        rows = dedupe(valid_sections(chunk, rejected))
+        for bad in rejected:
+            tally.fail(bad.section_id, bad.reason)
+        if options.prune is not None:
+            seen.update(row.id for row in rows)
+            seen.update(bad.section_id for bad in rejected if bad.section_id is not None)
+        if rows and (foreign := backend.foreign_sections([row.id for row in rows], options.collection)):
+            for section_id, collection in foreign.items():
+                tally.fail(section_id, f"section id is already stored in collection {collection!r}; "
+                                       "ids are unique across collections")
+            rows = [row for row in rows if row.id not in foreign]
+        if not rows:
+            continue
+        backend.upsert_sections(rows, options.collection)
+        split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
+        for blank in split.blank:
+            put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
+        tally.skip(split.unchanged)
+        held = leases.take(settings, {due.section.id: due.digest for due in split.due})
+        tally.busy_elsewhere(len(split.due) - len(held))
+        yield from (due for due in split.due if due.section.id in held)
+        tally.report()
+        if stopped():
+            return
+
+
 def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
            on_progress: ProgressCallback | None = None) -> Run:
     with backend.worker("ingest") as leases:
@@ -129,39 +164,11 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
     seen: set[str] = set()  # ids read, kept only when a prune needs them
 
     def feed() -> Iterator[tuple[int, str]]:
-        seq = 0
-        for chunk in chunked(sections, options.chunk_size):
-            rejected: list[Rejected] = []
-            rows = dedupe(valid_sections(chunk, rejected))
-            for bad in rejected:
-                tally.fail(bad.section_id, bad.reason)
-            if options.prune is not None:
-                seen.update(row.id for row in rows)
-                seen.update(bad.section_id for bad in rejected if bad.section_id is not None)
-            if rows and (foreign := backend.foreign_sections([row.id for row in rows], options.collection)):
-                for section_id, collection in foreign.items():
-                    tally.fail(section_id, f"section id is already stored in collection {collection!r}; "
-                                           "ids are unique across collections")
-                rows = [row for row in rows if row.id not in foreign]
-            if not rows:
-                continue
-            backend.upsert_sections(rows, options.collection)
-            split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
-            for blank in split.blank:
-                writer.put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
-            tally.skip(split.unchanged)
-            held = leases.take(settings, {due.section.id: due.digest for due in split.due})
-            tally.busy_elsewhere(len(split.due) - len(held))
-            for due in split.due:
-                if due.section.id not in held:
-                    continue
-                seq += 1
-                with pending_lock:
-                    pending[seq] = due
-                yield seq, due.text
-            tally.report()
-            if writer.error is not None:
-                return
+        for seq, due in enumerate(read_due(backend, leases, sections, settings, options, tally, writer.put, seen,
+                                           lambda: writer.error is not None), 1):
+            with pending_lock:
+                pending[seq] = due
+            yield seq, due.text
 
     billed_before = embedder.total_tokens
     stopped: BaseException | None = None

@@ -11,12 +11,13 @@ from typing import Any
 
 import psycopg
 
-from core.postgres import claims, leases, sections, vectors
+from core.batch_records import BatchState, JobItem, JobRecord, JobWrite, NewJob
+from core.postgres import batch_jobs, claims, leases, sections, vectors
 from core.postgres.database import Database
 from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult)
 
-__all__ = ["PostgresBackend", "PostgresClaim", "PostgresLeases"]
+__all__ = ["PostgresBackend", "PostgresClaim", "PostgresJobWorker", "PostgresJobs", "PostgresLeases"]
 
 _log = logging.getLogger(__name__)
 
@@ -130,3 +131,75 @@ class PostgresBackend:
     def delete_selected(self, selection: Selection) -> Deleted:
         with self.database.connection() as conn, conn.transaction():
             return sections.delete_selected(conn, selection)
+
+
+@dataclass(slots=True)
+class PostgresJobWorker:
+    leases: PostgresLeases
+
+    def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        return self.leases.take(settings, wanted)
+
+    def report(self, embedded: int) -> None:
+        self.leases.report(embedded)
+
+    def record(self, job: NewJob, replaces: str | None = None) -> None:
+        with self.leases.database.connection() as conn:
+            batch_jobs.record(conn, job, self.leases.worker, replaces)
+
+    def hold(self, job_id: str) -> bool:
+        with self.leases.database.connection() as conn:
+            return batch_jobs.hold(conn, job_id, self.leases.worker)
+
+
+class PostgresJobs:
+    """The pipeline's ``JobStore`` on Postgres: each method one transaction on a pooled connection."""
+
+    def __init__(self, backend: PostgresBackend):
+        self.backend, self.database = backend, backend.database
+
+    @contextmanager
+    def worker(self, command: str) -> Iterator[PostgresJobWorker]:
+        with self.backend.worker(command) as held:
+            yield PostgresJobWorker(held)
+
+    def due(self, settings: EmbeddingSettings, after: str | None, limit: int, collection: str | None) -> list[Section]:
+        with self.database.connection() as conn:
+            return claims.due_sections(conn, settings, after, limit, collection)
+
+    def resendable(self, settings: EmbeddingSettings, job_id: str, section_ids: Sequence[str]) -> list[Section]:
+        with self.database.connection() as conn:
+            return batch_jobs.resendable(conn, settings, job_id, section_ids)
+
+    def open_jobs(self, settings: EmbeddingSettings | None = None, endpoint: str | None = None) -> list[JobRecord]:
+        with self.database.connection() as conn:
+            return batch_jobs.open_jobs(conn, settings, endpoint)
+
+    def jobs(self, limit: int) -> list[JobRecord]:
+        with self.database.connection() as conn:
+            return batch_jobs.jobs(conn, limit)
+
+    def job(self, key: str) -> JobRecord | None:
+        with self.database.connection() as conn:
+            return batch_jobs.job(conn, key)
+
+    def polled(self, job_id: str, state: BatchState) -> None:
+        with self.database.connection() as conn:
+            batch_jobs.polled(conn, job_id, state)
+
+    def forget(self, job_id: str) -> None:
+        with self.database.connection() as conn:
+            batch_jobs.forget(conn, job_id)
+
+    def items(self, job_id: str) -> list[JobItem]:
+        with self.database.connection() as conn:
+            return batch_jobs.items(conn, job_id)
+
+    def write(self, settings: EmbeddingSettings, job_id: str, successes: Sequence[VectorRow],
+              failures: Sequence[FailureRow]) -> JobWrite:
+        with self.database.connection() as conn, conn.transaction():
+            return batch_jobs.write_results(conn, settings, job_id, successes, failures)
+
+    def close(self, job_id: str, billed_tokens: int) -> None:
+        with self.database.connection() as conn:
+            batch_jobs.close(conn, job_id, billed_tokens)

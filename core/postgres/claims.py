@@ -23,9 +23,12 @@ _STALE = sql.SQL(
     " where e.section_id = s.id and e.model_name = %(model)s)"
     " is distinct from sections_content_hash(s.title, s.content, %(model)s, %(dims)s, %(policy)s)"
 )
-# A section an ingest holds a lease on is being embedded there (core.postgres.leases).
+# A section an ingest holds a lease on is being embedded there (core.postgres.leases); one a Batch API
+# job covers with its current text is paid for there (core.postgres.batch_jobs).
 _FREE = sql.SQL(
     "not exists (select 1 from section_leases l where l.section_id = s.id and l.model_name = %(model)s)"
+    " and not exists (select 1 from section_batch_items i where i.section_id = s.id and i.model_name = %(model)s"
+    " and i.content_hash = sections_content_hash(s.title, s.content, %(model)s, %(dims)s, %(policy)s))"
 )
 # A section that failed on this very fingerprint waits (attempts x delay, capped), then stops being
 # tried after max_attempts until its content changes.

@@ -3,7 +3,9 @@
 An ingest streams: it cannot hold row locks while its requests are in flight, the way a sync claim
 does inside one transaction. Instead it registers a worker row and takes a lease per section it is
 about to embed, in short transactions that any pooler can carry. A second run skips leased
-sections; the write that stores a vector or a failure drops its lease in the same transaction.
+sections; the write that stores a vector or a failure drops its lease in the same transaction. A
+section a Batch API job covers with the same fingerprint (``core.postgres.batch_jobs``) is not
+leased either: that job is already paid for.
 
 A lease dies with its worker (``on delete cascade``), and a worker is reaped when its heartbeat is
 older than ``WORKER_TTL`` (its machine died) or, on this host, as soon as its process is gone (a
@@ -32,6 +34,8 @@ select s.id, %(model)s, %(worker)s
   join unnest(%(ids)s::text[], %(digests)s::bytea[]) as w(id, digest) on w.id = s.id
  where not exists (select 1 from section_embeddings e
                     where e.section_id = s.id and e.model_name = %(model)s and e.content_hash = w.digest)
+   and not exists (select 1 from section_batch_items i
+                    where i.section_id = s.id and i.model_name = %(model)s and i.content_hash = w.digest)
    for no key update of s skip locked
 on conflict do nothing
 returning section_id

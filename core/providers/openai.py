@@ -114,25 +114,32 @@ class OpenAIProvider:
             raise TransientError(f"malformed reply: {scrub(str(error))}") from None
 
     def _match(self, response: Any, expected: int) -> list[np.ndarray]:
-        data = list(response.data or [])
-        if len(data) != expected:
-            raise TransientError(f"reply holds {len(data)} embeddings for {expected} inputs")
-        slots: list[np.ndarray | None] = [None] * expected
-        for item in data:
-            index = item.index
-            if not isinstance(index, int) or not 0 <= index < expected or slots[index] is not None:
-                raise TransientError(f"reply has a missing, repeated or out-of-range index {index!r}")
-            vector = _decode(item.embedding)
-            if vector.ndim != 1 or vector.size == 0:
-                raise TransientError(f"reply item {index} is not a vector (shape {vector.shape})")
-            slots[index] = vector
-        vectors = [v for v in slots if v is not None]  # all of them: the count and indices were checked
-        sizes = {v.shape[0] for v in vectors}
-        if len(sizes) != 1 or (self.dimensions is not None and sizes != {self.dimensions}):
-            raise TransientError(f"reply has vectors of sizes {sorted(sizes)}, expected {self.dimensions or 'one size'}")
-        if not all(np.isfinite(v).all() for v in vectors):
-            raise TransientError("reply has a vector with NaN or infinite values")
-        return vectors
+        return match_vectors([(item.index, item.embedding) for item in response.data or []], expected,
+                             self.dimensions)
+
+
+def match_vectors(data: list[tuple[Any, Any]], expected: int, dimensions: int | None) -> list[np.ndarray]:
+    """A reply's ``(index, embedding)`` items as vectors by input position; raises TransientError
+    unless every index from 0 to ``expected`` - 1 is there once, each with a finite vector of one size
+    (``dimensions`` when asked for). The synchronous replies and the Batch API's result lines both
+    pass here."""
+    if len(data) != expected:
+        raise TransientError(f"reply holds {len(data)} embeddings for {expected} inputs")
+    slots: list[np.ndarray | None] = [None] * expected
+    for index, embedding in data:
+        if not isinstance(index, int) or not 0 <= index < expected or slots[index] is not None:
+            raise TransientError(f"reply has a missing, repeated or out-of-range index {index!r}")
+        vector = _decode(embedding)
+        if vector.ndim != 1 or vector.size == 0:
+            raise TransientError(f"reply item {index} is not a vector (shape {vector.shape})")
+        slots[index] = vector
+    vectors = [v for v in slots if v is not None]  # all of them: the count and indices were checked
+    sizes = {v.shape[0] for v in vectors}
+    if len(sizes) != 1 or (dimensions is not None and sizes != {dimensions}):
+        raise TransientError(f"reply has vectors of sizes {sorted(sizes)}, expected {dimensions or 'one size'}")
+    if not all(np.isfinite(v).all() for v in vectors):
+        raise TransientError("reply has a vector with NaN or infinite values")
+    return vectors
 
 
 def _decode(embedding: Any) -> np.ndarray:
