@@ -15,8 +15,8 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, Provider, build_service, chosen_collection, open_store)
+from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
+                             Dimensions, JsonOut, Model, Provider, build_service, chosen_collection, open_store)
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.records import DEFAULT_COLLECTION
 from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
@@ -36,8 +36,8 @@ DEMO_QUERIES = {
 
 DEMO_COLLECTION = "demo"  # the demo's Python reference never mixes with the user's own sections
 
-app = typer.Typer(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+app = Commands(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
+               no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 def read_sources(paths: List[str], skip_invalid: bool):
     from core.sources import SourceError, open_sources

@@ -2,16 +2,19 @@
 
 Kept apart from the commands (``core.cli``) so each command reads as what it does. Everything that
 reaches the terminal passes ``core.redact`` first: no API key, no database password, whatever the
-shape of the message.
+shape of the message. A database error, wherever a command meets it, is one line and exit 1
+(``database_errors_in_one_line``, which ``cli_common.Commands`` puts around every command).
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import psycopg
 import typer
@@ -24,6 +27,9 @@ from rich.table import Table
 from core.errors import ProviderFatalError
 from core.redact import mask_secrets, scrub
 from core.usage import estimate_cost_usd
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -63,7 +69,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
     """Call ``run(on_progress)`` (an ingest or a sync) behind a progress bar; returns its result and
     the seconds it took. ``total()`` is asked at every update: chunking a long section adds to it
     as the run reads on, so the bar counts what is really embedded. A stop by the provider or the
-    database prints what was done, then exits 1."""
+    database prints what was done, then (after the bar's last state: the error is the last line)
+    exits 1."""
     started = time.perf_counter()
     with progress_bar(quiet) as bar:
         task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
@@ -74,20 +81,63 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                        rate=done / max(1e-9, time.perf_counter() - started))
 
         try:
-            result = run(on_progress)
-        except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
+            return run(on_progress), time.perf_counter() - started
+        except Exception as error:
+            stop = str(error) if isinstance(error, ProviderFatalError) else database_problem(error)
+            if stop is None:
+                raise
             partial = getattr(error, "result", None) or {}
-            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
-            fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
-    return result, time.perf_counter() - started
+    print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
+    fail(f"{stop} — what was embedded is stored; run {again} again to finish")
 
 
-def stopped_by(error: BaseException) -> str:
-    """What stopped a run, in words that hold no secret."""
-    if isinstance(error, ProviderFatalError):
-        return str(error)
+def database_problem(error: BaseException) -> str | None:
+    """``database error: …`` in one line that holds no secret, for an error of the database or of
+    psycopg talking to it; None for any other error.
+
+    psycopg does not always raise a ``psycopg.Error``: a server connection that a pooler (pgbouncer)
+    drops in the middle of a COPY surfaces as ``ValueError: too many values to unpack`` from
+    psycopg's COPY code. So an exception raised inside psycopg or psycopg_pool counts too.
+    """
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"database error: {mask_secrets(first_line)}"
+    if isinstance(error, (psycopg.Error, PoolTimeout)):
+        return f"database error: {mask_secrets(first_line)}"
+    if isinstance(error, Exception) and _raised_in_psycopg(error):
+        return (f"database error: the connection failed in the middle of a command "
+                f"(psycopg: {type(error).__name__}: {mask_secrets(first_line)})")
+    return None
+
+
+def _raised_in_psycopg(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c")
+
+
+_SILENT = logging.NullHandler()
+
+
+def database_errors_in_one_line(command: Callable[P, R]) -> Callable[P, R]:
+    """``command``, with any database error it meets printed as one line (exit 1), never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        # psycopg_pool logs the broken connections it discards; with no logging set up, Python
+        # would print those lines too, after the one line that says what happened.
+        logging.getLogger("psycopg").addHandler(_SILENT)
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            problem = database_problem(error)
+            if problem is None:
+                raise
+            fail(problem)
+
+    return run
 
 
 def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: float) -> dict[str, Any]:
