@@ -78,13 +78,14 @@ def start(*args: object, sim) -> subprocess.Popen[str]:
 
 
 def waiting_backends(db, dbname: str, count: int, runs: dict[str, subprocess.Popen[str]]) -> list[int]:
-    """The server backends of ``dbname`` waiting on a lock, once there are ``count`` of them."""
+    """The server backends of ``dbname`` waiting on a lock (a table's or an advisory one), once
+    there are ``count`` of them."""
     deadline = time.monotonic() + 240
     while True:
         pids = [row[0] for row in db.execute(
-            "select pid from pg_stat_activity where datname = %s and wait_event_type in ('Lock', 'Advisory')"
+            "select pid from pg_stat_activity where datname = %s and wait_event_type = 'Lock'"
             " and pid <> pg_backend_pid()", (dbname,)).fetchall()]
-        if len(pids) == count:
+        if len(pids) >= count:
             return pids
         ended = {name: run for name, run in runs.items() if run.poll() is not None}
         if ended or time.monotonic() > deadline:
