@@ -103,8 +103,8 @@ def database_problem(error: BaseException) -> str | None:
     if isinstance(error, (psycopg.Error, PoolTimeout)):
         return f"database error: {mask_secrets(first_line)}"
     if isinstance(error, Exception) and _raised_in_psycopg(error):
-        return (f"database error: the connection failed in the middle of a command "
-                f"(psycopg: {type(error).__name__}: {mask_secrets(first_line)})")
+        return (f"database error: psycopg stopped in the middle of a command ({type(error).__name__}: "
+                f"{mask_secrets(first_line)}), as it does when the server or a pooler drops the connection")
     return None
 
 
