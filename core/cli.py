@@ -18,8 +18,9 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store)
+from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
+                             Dimensions, JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection,
+                             open_store)
 from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.cli_dry_run import dry_run_report, sync_dry_run
@@ -42,8 +43,8 @@ DEMO_QUERIES = {
 
 DEMO_COLLECTION = "demo"  # the demo's Python reference never mixes with the user's own sections
 
-app = typer.Typer(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+app = Commands(help="Embed document sections in large, fast, safe batches into Postgres/pgvector.",
+               no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 def read_sources(paths: List[str], skip_invalid: bool):
     from core.sources import SourceError, open_sources

@@ -1,4 +1,5 @@
-"""What the ``sections`` commands share: their options, and opening the service and the store.
+"""What the ``sections`` commands share: the app that registers them, their options, and opening
+the service and the store.
 
 Kept apart from ``core.cli`` so the command modules (``cli.py``, ``cli_lifecycle.py``) each stay
 small; nothing here parses arguments itself.
@@ -10,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from core.console import fail
+from core.console import database_errors_in_one_line, fail
 from core.records import DEFAULT_COLLECTION, collection_problem
 from core.redact import mask_url
 
@@ -32,6 +33,20 @@ AllCollections = Annotated[bool, typer.Option("--all-collections", help="Every c
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 OwnBudget = Annotated[bool, typer.Option("--own-budget", help="Learn the rate limit alone instead of sharing one "
                                          "budget with every sync/watch of this model and server (for separate keys).")]
+
+
+class Commands(typer.Typer):
+    """The ``sections`` app: each command it registers prints any database error it meets as one
+    line and exits 1; no command handles that itself, and none can forget to."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Any) -> Any:
+            register(database_errors_in_one_line(function))
+            return function
+
+        return decorator
 
 
 def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],

@@ -2,16 +2,19 @@
 
 Kept apart from the commands (``core.cli``) so each command reads as what it does. Everything that
 reaches the terminal passes ``core.redact`` first: no API key, no database password, whatever the
-shape of the message.
+shape of the message. A database error, wherever a command meets it, is one line and exit 1
+(``database_errors_in_one_line``, which ``cli_common.Commands`` puts around every command).
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import psycopg
 import typer
@@ -26,6 +29,9 @@ from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
 from core.redact import mask_secrets, scrub
 from core.usage import estimate_cost_usd
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -98,11 +104,11 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
     """Call ``run(on_progress)`` (an ingest or a sync) behind a progress bar; returns its result and
     the seconds it took. ``total()`` is asked at every update: chunking a long section adds to it
     as the run reads on, so the bar counts what is really embedded. A stop by the provider or the
-    database prints what was done, then exits 1. Ctrl-C or SIGTERM stops the run
-    (``core.interrupts``): what arrived is written, the summary and ``interrupted: N stored, M not
-    yet`` are printed, ``release()`` closes what the command holds, and the process exits 130 or
-    143; a second signal exits at once with the same line. ``index_bars``: the run's index builds
-    show there."""
+    database prints what was done, then (after the bar's last state: the error is the last line)
+    exits 1. Ctrl-C or SIGTERM stops the run (``core.interrupts``): what arrived is written, the
+    summary and ``interrupted: N stored, M not yet`` are printed, ``release()`` closes what the
+    command holds, and the process exits 130 or 143; a second signal exits at once with the same
+    line. ``index_bars``: the run's index builds show there."""
     started = time.perf_counter()
     latest = {"success": 0, "failed": 0, "skipped": 0}  # the last counts reported: committed ones
 
@@ -113,6 +119,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
 
     with Signals(service.stop_requested.set, lambda: interrupted_line(latest)) as signals:
         stopped = False
+        failure: str | None = None
+        partial: dict[str, Any] = {}
         with progress_bar(quiet) as bar:
             task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
             if index_bars is not None:
@@ -128,10 +136,14 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                 result = run(on_progress)
             except Interrupted as error:
                 result, stopped = getattr(error, "result", None) or {}, True
-            except (ProviderFatalError, psycopg.Error, PoolTimeout) as error:
+            except Exception as error:
+                failure = str(error) if isinstance(error, ProviderFatalError) else database_problem(error)
+                if failure is None:
+                    raise
                 partial = getattr(error, "result", None) or {}
-                print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
-                fail(f"{stopped_by(error)} — what was embedded is stored; run {again} again to finish")
+        if failure is not None:  # after the bar's last state: the error is the last line
+            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
+            fail(f"{failure} — what was embedded is stored; run {again} again to finish")
         elapsed = time.perf_counter() - started
         if stopped or signals.received is not None:  # a signal ends the command, even after a finished run
             print_summary(result, service, reading, elapsed, json_out=quiet)
@@ -152,7 +164,56 @@ def stopped_by(error: BaseException) -> str:
     if isinstance(error, ProviderFatalError):
         return str(error)
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"database error: {mask_secrets(first_line)}"
+    return database_problem(error) or mask_secrets(first_line)
+
+
+def database_problem(error: BaseException) -> str | None:
+    """``database error: …`` in one line that holds no secret, for an error of the database or of
+    psycopg talking to it; None for any other error.
+
+    psycopg does not always raise a ``psycopg.Error``: a server connection that a pooler (pgbouncer)
+    drops in the middle of a COPY surfaces as ``ValueError: too many values to unpack`` from
+    psycopg's COPY code. So an exception raised inside psycopg or psycopg_pool counts too.
+    """
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, (psycopg.Error, PoolTimeout)):
+        return f"database error: {mask_secrets(first_line)}"
+    if isinstance(error, Exception) and _raised_in_psycopg(error):
+        return (f"database error: psycopg stopped in the middle of a command ({type(error).__name__}: "
+                f"{mask_secrets(first_line)}), as it does when the server or a pooler drops the connection")
+    return None
+
+
+def _raised_in_psycopg(error: BaseException) -> bool:
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c")
+
+
+_SILENT = logging.NullHandler()
+
+
+def database_errors_in_one_line(command: Callable[P, R]) -> Callable[P, R]:
+    """``command``, with any database error it meets printed as one line (exit 1), never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        # psycopg_pool logs the broken connections it discards; with no logging set up, Python
+        # would print those lines too, after the one line that says what happened.
+        logging.getLogger("psycopg").addHandler(_SILENT)
+        try:
+            return command(*args, **kwargs)
+        except Exception as error:
+            problem = database_problem(error)
+            if problem is None:
+                raise
+            fail(problem)
+
+    return run
 
 
 def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: float) -> dict[str, Any]:

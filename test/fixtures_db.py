@@ -3,9 +3,11 @@
 - ``embedded_pg`` (session): one embedded PostgreSQL 18 + pgvector 0.8 in a temporary directory,
   with a template database that already has every migration applied.
 - ``database_url`` (function): a fresh database for each test, cloned from that template
-  (``CREATE DATABASE … TEMPLATE``, a few milliseconds) and dropped afterwards.
+  (``CREATE DATABASE … TEMPLATE``, a few milliseconds) and dropped afterwards; on the
+  ``"pgbouncer"`` route (test/fixtures_pgbouncer.py) its URL goes through pgbouncer.
 - ``store`` (function): a ``SupabaseStore`` on that database, closed afterwards.
-- ``db`` (function): a plain autocommit psycopg connection to it, pgvector types registered.
+- ``db`` (function): a plain autocommit psycopg connection to it, pgvector types registered,
+  always straight to the server: the test's own probe, whichever route the store takes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import uuid
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 __all__ = ["embedded_pg", "database_url", "store", "db"]
 
@@ -47,12 +50,14 @@ def embedded_pg():
 
 
 @pytest.fixture
-def database_url(embedded_pg):
+def database_url(embedded_pg, route, request):
+    bouncer = request.getfixturevalue("pgbouncer") if route == "pgbouncer" else None
     name = f"test_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(embedded_pg.url, autocommit=True) as conn:
         conn.execute(f"create database {name} template {TEMPLATE_DB}")
     try:
-        yield embedded_pg.url_for(name)
+        url = embedded_pg.url_for(name)
+        yield url if bouncer is None else bouncer.url_for(url)
     finally:
         with psycopg.connect(embedded_pg.url, autocommit=True) as conn:
             conn.execute(f"drop database if exists {name} with (force)")
@@ -70,9 +75,9 @@ def store(database_url):
 
 
 @pytest.fixture
-def db(database_url):
+def db(embedded_pg, database_url):
     from pgvector.psycopg import register_vector
 
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(embedded_pg.url_for(conninfo_to_dict(database_url)["dbname"]), autocommit=True) as conn:
         register_vector(conn)
         yield conn

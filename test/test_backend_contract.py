@@ -1,8 +1,10 @@
 """The contract every ``core.pipeline.backend.Backend`` must keep, run against each backend.
 
 ``memory`` is ``test/memory_backend.MemoryBackend`` (what the pipeline tests run on), ``postgres``
-is ``PostgresBackend`` on a fresh embedded Postgres: passing the same suite is what makes the
-memory backend a faithful stand-in. The tests use the protocol only, plus a small probe per backend
+is ``PostgresBackend`` on a fresh embedded Postgres, and ``pgbouncer`` the same through pgbouncer
+in transaction mode (test/fixtures_pgbouncer.py: session state wiped after every transaction):
+passing the same suite is what makes the memory backend a faithful stand-in, and the Postgres
+one safe behind Supabase's transaction pooler. The tests use the protocol only, plus a small probe per backend
 that reads stored vectors, failures and sections back.
 """
 from __future__ import annotations
@@ -70,12 +72,15 @@ def _postgres(database: Database) -> Subject:
     return Subject(PostgresBackend(database), vector, failure, section)
 
 
-@pytest.fixture(params=["memory", "postgres"])
+@pytest.fixture(params=["memory", "postgres", "pgbouncer"])
 def subject(request):
     if request.param == "memory":
         yield _memory()
         return
-    database = Database(request.getfixturevalue("database_url"), max_size=8)
+    url = request.getfixturevalue("database_url")
+    if request.param == "pgbouncer":
+        url = request.getfixturevalue("pgbouncer").url_for(url)
+    database = Database(url, max_size=8)
     try:
         yield _postgres(database)
     finally:

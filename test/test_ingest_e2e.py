@@ -1,7 +1,8 @@
 """Ingest end to end: the real engine, the simulator over HTTP, the embedded Postgres.
 
 Every stored vector is compared with the simulator's deterministic vector for its own section's
-text, so a vector stored against the wrong section cannot pass.
+text, so a vector stored against the wrong section cannot pass. Every test runs twice: straight to
+the embedded server and through pgbouncer in transaction mode (test/fixtures_pgbouncer.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from core.postgres.search import knn_statement
 from core.sample_corpus import stdlib_sections
 from core.simulator import expected_embedding
 from core.supabase_store import SupabaseStore, section_text
+from fixtures_pgbouncer import POOLED
+
+pytestmark = POOLED  # each test twice: straight to the server, and through pgbouncer in transaction mode
 
 DIMS = 64  # small vectors keep the tests fast; the write path is the same for any size
 

@@ -1,7 +1,8 @@
 """Sections that follow their sources, end to end through the ``sections`` command as a subprocess:
 collections, ``--prune`` (and its dry run), ``delete``, ``drop-model``, ``sync --dry-run``, and
 concurrent ingests that pay once. Embedding goes to the simulator; its ``/stats`` proves what was
-sent. Storage is a fresh database of the embedded Postgres, read back with plain SQL.
+sent. Storage is a fresh database of the embedded Postgres, read back with plain SQL; the tests
+marked ``POOLED`` run a second time with the commands going through pgbouncer in transaction mode.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from fixtures_pgbouncer import POOLED
 
 MODEL = "text-embedding-3-small"
 
@@ -67,6 +70,7 @@ def docs(tmp_path: Path) -> Path:
     return root
 
 
+@POOLED
 def test_prune_deletes_what_the_sources_no_longer_hold_and_nothing_else(sim, database_url, db, docs, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "elsewhere", "title": "Other", "content": "from another file"}) + "\n")
@@ -119,6 +123,7 @@ def test_prune_from_stdin_is_refused_and_invalid_inputs_skip_the_prune(sim, data
     assert ids(db) == {"r1", "r2"}  # r2's line is broken, not gone: it is kept
 
 
+@POOLED
 def test_collections_keep_searches_and_syncs_apart(sim, database_url, db, tmp_path):
     docs, python = tmp_path / "docs.jsonl", tmp_path / "python.jsonl"
     docs.write_text(json.dumps({"id": "d1", "title": "Lists", "content": "how to sort a list"}) + "\n")
@@ -165,6 +170,7 @@ def test_sync_dry_run_lists_what_is_due_and_its_cost_and_sends_nothing(sim, data
     assert json.loads(sections_cli("sync", *embedding(sim, database_url), "--json").stdout)["embedded"] == 4
 
 
+@POOLED
 def test_delete_by_id_prefix_source_and_whole_collection(sim, database_url, db, docs):
     assert sections_cli("ingest", docs, *embedding(sim, database_url)).returncode == 0
     assert sections_cli("ingest", docs / "guide", *embedding(sim, database_url), "-c", "kept").returncode == 0
@@ -190,6 +196,7 @@ def test_delete_by_id_prefix_source_and_whole_collection(sim, database_url, db, 
     assert ids(db, "default") == set() and ids(db, "kept") == {"usage.md#usage"}  # another collection: untouched
 
 
+@POOLED
 def test_drop_model_takes_its_vectors_failures_and_indexes(sim, database_url, db, tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text("".join(json.dumps({"id": f"s{i}", "content": f"section {i}"}) + "\n" for i in range(20))
@@ -209,6 +216,7 @@ def test_drop_model_takes_its_vectors_failures_and_indexes(sim, database_url, db
     assert status["models"] == {} and status["collections"] == {"default": 21}
 
 
+@POOLED
 def test_three_concurrent_ingests_of_one_folder_pay_once(sim, database_url, db, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

@@ -211,3 +211,26 @@ def test_a_provider_outage_is_not_held_against_the_sections(sim, database_url, d
     assert code == 0, err
     passes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(p["provider_unavailable"] for p in passes) and sum(p["failed"] for p in passes) == 0
+
+
+@pytest.mark.parametrize("route", ["pgbouncer"], indirect=True)
+def test_through_a_transaction_pooler_it_polls_or_listens_on_a_direct_url(sim, database_url, db, embedded_pg):
+    assert "127.0.0.1" in database_url  # pgbouncer in transaction mode, in front of the embedded server
+    watcher = start_watch(sim, database_url, "--poll-interval", "1")
+    try:
+        assert "does not carry LISTEN/NOTIFY" in watcher.start_line, watcher.start_line
+        insert(db, [("pooled", "", "written while the watcher polls through pgbouncer")])
+        assert wait_for(lambda: "pooled" in stored(db), timeout=30) < 10
+    finally:
+        code, _, err = stop(watcher)
+    assert code == 0, err
+    direct = embedded_pg.url_for(db.info.dbname)
+    listening = start_watch(sim, database_url, "--listen-url", direct, "--poll-interval", "60")
+    try:
+        assert "listening for changes" in listening.start_line, listening.start_line
+        insert(db, [("heard", "", "announced by NOTIFY on the direct connection")])
+        assert wait_for(lambda: "heard" in stored(db), timeout=30) < 10  # long before the 60 s poll
+    finally:
+        code, _, err = stop(listening)
+    assert code == 0, err
+    assert sim.stats()["inputs"] == 2

@@ -2,8 +2,10 @@
 schema brought up to date, and a pool of connections to it.
 
 Connections are autocommit (callers open ``conn.transaction()`` where they write) and prepare no
-statements by default: the Supabase transaction pooler (PgBouncer/Supavisor, port 6543) cannot keep
-prepared statements across transactions. pgvector's types are registered on every connection.
+statements by default, the migrating one included: the Supabase transaction pooler
+(PgBouncer/Supavisor, port 6543) cannot keep prepared statements across transactions. Nothing else
+rests on the session either (ARCHITECTURE.md, "Pooler-proof"). pgvector's types are registered on
+every connection.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class Database:
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         try:
             if migrate:
-                self._migrate(self._handle.url, connect_timeout)
+                self._migrate(self._handle.url, connect_timeout, prepare_threshold)
             self._pool = ConnectionPool(
                 self._handle.url,
                 min_size=min_size,
@@ -62,9 +64,10 @@ class Database:
             self.close()
             raise
 
-    def _migrate(self, url: str, connect_timeout: float) -> None:
+    def _migrate(self, url: str, connect_timeout: float, prepare_threshold: int | None) -> None:
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout),
+                                   prepare_threshold=prepare_threshold)
         except psycopg.OperationalError as error:
             raise psycopg.OperationalError(f"cannot connect to {self.url_masked}: {error}") from None
         with conn:
