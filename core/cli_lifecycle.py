@@ -81,7 +81,10 @@ def drop_model(
         if not confirmed(f"Drop model {model!r}: {row['embedded']:,} vector(s) and {row['failed']:,} "
                          "failure record(s), with its indexes?", yes):
             raise typer.Exit(1)
-        dropped = store.drop_model(model)
+        try:
+            dropped = store.drop_model(model)
+        except ValueError as error:
+            fail(str(error))
     if json_out:
         out.print_json(json.dumps({"model": model, "vectors": dropped.vectors, "failures": dropped.failures,
                                    "indexes": dropped.indexes}))

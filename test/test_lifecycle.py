@@ -238,3 +238,17 @@ def test_three_concurrent_ingests_of_one_folder_pay_once(sim, database_url, db, 
     assert len(vectors(db)) == 600
     assert db.execute("select count(*) from section_leases").fetchone()[0] == 0
     assert db.execute("select count(*) from section_workers").fetchone()[0] == 0
+
+
+def test_drop_model_waits_for_its_batch_jobs_to_be_collected(sim, database_url, db, tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "s", "content": "one section"}) + "\n")
+    assert sections_cli("ingest", path, *embedding(sim, database_url)).returncode == 0
+    db.execute("insert into section_batch_jobs (id, model_name, endpoint, requests, inputs, sections, tokens) "
+               "values (gen_random_uuid(), %s, 'http://x/v1', 1, 1, 1, 3)", (MODEL,))
+    refused = one_line_error(sections_cli("drop-model", MODEL, "--yes", "--database-url", database_url))
+    assert "not collected yet" in refused
+    assert db.execute("select count(*) from section_embeddings").fetchone() == (1,)  # nothing dropped
+    db.execute("update section_batch_jobs set collected_at = now()")
+    assert sections_cli("drop-model", MODEL, "--yes", "--database-url", database_url).returncode == 0
+    assert db.execute("select count(*) from section_batch_jobs").fetchone() == (0,)

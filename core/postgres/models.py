@@ -32,7 +32,15 @@ def model_indexes(conn: psycopg.Connection[Any], model_name: str) -> list[str]:
 
 
 def drop_model(conn: psycopg.Connection[Any], model_name: str) -> DroppedModel:
-    """Inside the caller's transaction: delete the model's vectors, failures and leases, drop its indexes."""
+    """Inside the caller's transaction: delete the model's vectors, failures, leases and collected
+    Batch API jobs, drop its indexes. Refused (ValueError) while one of its Batch API jobs is not
+    collected: its results are paid for, and forgetting the job would lose them."""
+    row = conn.execute("select count(*) from section_batch_jobs where model_name = %s and collected_at is null",
+                       (model_name,)).fetchone()
+    if row and row[0]:
+        raise ValueError(f"{row[0]} Batch API job(s) of {model_name!r} are not collected yet: collect them "
+                         "(sections batches --collect) or cancel them (sections batches --cancel ID) first")
+    conn.execute("delete from section_batch_jobs where model_name = %s", (model_name,))
     indexes = model_indexes(conn, model_name)
     for name in indexes:
         conn.execute(sql.SQL("drop index if exists {}").format(sql.Identifier(name)))
