@@ -306,7 +306,7 @@ def index(
             with IndexBars(json_out) as bars:
                 report = store.update_indexes(model, on_progress=bars)
         except (psycopg.Error, PoolTimeout) as error:
-            fail(f"the HNSW index of {model} was not built: {stopped_by(error)}; every vector is stored and "
+            fail(f"{stopped_by(error)} — the HNSW index of {model} was not built; every vector is stored and "
                  "search works without it, reading every vector")
     print_index_report(report, time.perf_counter() - started, json_out)
 

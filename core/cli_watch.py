@@ -21,7 +21,9 @@ from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
 from core.records import DEFAULT_COLLECTION, RetrySchedule
 
-__all__ = ["watch"]
+__all__ = ["STOP_GRACE_S", "watch"]
+
+STOP_GRACE_S = 10.0  # within the 30 s a service manager (systemd, Kubernetes) gives before SIGKILL
 
 
 def watch(
@@ -55,6 +57,7 @@ def watch(
         fail("--poll-interval must be positive, --max-attempts at least 1, --retry-delay not negative")
     store = open_store(database_url)  # the database first: a refused URL is reported before any model loads
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
+    service.stop_grace_s = STOP_GRACE_S  # a stopping watcher waits longer for what is paid for
     stop = threading.Event()
 
     def report(done: Pass) -> None:

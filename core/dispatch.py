@@ -87,6 +87,7 @@ class Dispatcher:
         pool: ThreadPoolExecutor,
         window_texts: int = 4096,
         stop: threading.Event | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -94,6 +95,7 @@ class Dispatcher:
         self.long_input, self.concurrency = LongInputPolicy.parse(long_input), concurrency
         self.limiter, self.retry, self.usage = limiter, retry, usage
         self.pool, self.window_texts, self.stop = pool, window_texts, stop
+        self.stop_grace_s = stop_grace_s
 
     def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
         """Yield one outcome per item as requests complete.
@@ -136,7 +138,7 @@ class Dispatcher:
                     break
                 timeout = None if self.stop is None else STOP_POLL_S
                 if stopped_at is not None:
-                    timeout = stopped_at + STOP_GRACE_S - time.monotonic()
+                    timeout = stopped_at + self.stop_grace_s - time.monotonic()
                     if timeout <= 0:
                         break  # abandoned: their replies, if any, are dropped, and a rerun sends them again
                 done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)

@@ -21,7 +21,7 @@ from openai import OpenAI
 from core.batch_records import BatchLimits
 from core.batching import Limits
 from core.cache import VectorCache
-from core.dispatch import Dispatcher, RetryPolicy
+from core.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy
 from core.errors import ProviderFatalError
 from core.providers import build_provider, choose_provider, parse_kind
 from core.providers.base import ProviderKind, ProviderOptions
@@ -116,6 +116,7 @@ class EmbeddingService:
         # dispatch.STOP_GRACE_S to arrive, then the stream raises errors.Interrupted. Clear it to
         # use the service again. The command sets it on Ctrl-C and SIGTERM.
         self.stop_requested = threading.Event()
+        self.stop_grace_s = STOP_GRACE_S  # how long replies in flight are awaited after a stop (watch: longer)
         # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
 
@@ -199,6 +200,7 @@ class EmbeddingService:
             pool=self._pool,
             window_texts=max(1, window_texts),
             stop=self.stop_requested,
+            stop_grace_s=self.stop_grace_s,
         )
         return dispatcher.run(items, max_inputs=max_batch_size)
 

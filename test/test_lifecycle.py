@@ -224,7 +224,7 @@ def test_three_concurrent_ingests_of_one_folder_pay_once(sim, database_url, db, 
         (folder / f"part{part}.jsonl").write_text("".join(
             json.dumps({"id": f"p{part}-{i}", "content": f"part {part} section {i} " + "words " * 20}) + "\n"
             for i in range(200)))
-    sim.configure(latency_base=0.15)
+    sim.configure(latency_base=5.0)  # the first run's requests are still in flight when the others start
     command = [sys.executable, "-m", "core.cli", "ingest", str(folder), *embedding(sim, database_url), "--json",
                "--concurrency", "2"]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -27,7 +27,8 @@ NOTHING_STORED: dict[str, bytes] = {}  # claimed sections are due by the claim's
 class SyncOptions:
     """How a watcher's passes differ from a plain sync: failed sections rest as ``retry`` says,
     failures caused by the provider's state (an outage) are not recorded against the sections,
-    and ``should_stop`` ends a pass between outcomes, keeping what arrived."""
+    and ``should_stop`` ends a pass before its next claim (a claim under way ends when the
+    embedder's own stop says: ``EmbeddingService.stop_requested``)."""
 
     retry: RetrySchedule | None = None
     record_transient: bool = True
@@ -56,7 +57,7 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
                     break
                 after = claim.last_id
                 claimed_total += claim.claimed
-                embedded = _embed(claim.sections, embedder, tally, stopping)
+                embedded = _embed(claim.sections, embedder, tally)
                 successes, stopped = embedded.successes, embedded.stopped
                 failures = embedded.failures + (embedded.transient if options.record_transient else [])
                 transient += 0 if options.record_transient else len(embedded.transient)
@@ -82,9 +83,10 @@ class Embedded(NamedTuple):
     stopped: BaseException | None
 
 
-def _embed(sections: list[Section], embedder: Embedder, tally: Tally, stopping: Callable[[], bool]) -> Embedded:
-    """Embed claimed sections; an exception from the embedder stops after what arrived is kept, and
-    so does ``stopping()`` turning true (the rest of the claim stays due)."""
+def _embed(sections: list[Section], embedder: Embedder, tally: Tally) -> Embedded:
+    """Embed claimed sections; an exception from the embedder (``Interrupted`` when its service was
+    asked to stop: it yields what arrives in its grace first) stops after what arrived is kept.
+    Outcomes already delivered are never dropped: they are paid for."""
     split = split_current(sections, embedder.settings, NOTHING_STORED)
     done = Embedded([], [FailureRow(s.id, EMPTY_CONTENT, fingerprint(s, embedder.settings)) for s in split.blank], [], None)
     due: dict[Hashable, Due] = dict(enumerate(split.due))
@@ -98,8 +100,6 @@ def _embed(sections: list[Section], embedder: Embedder, tally: Tally, stopping: 
             else:
                 failed = FailureRow(item.section.id, outcome.error or NOT_EMBEDDED, item.digest)
                 (done.transient if outcome.transient else done.failures).append(failed)
-            if stopping():
-                break
     except BaseException as error:
         return done._replace(stopped=error)
     finally:
