@@ -31,7 +31,6 @@ from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOpti
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
 from core.postgres import index as pg_index
-from core.postgres import search as pg_search
 from core.postgres import sections as pg_sections
 from core.postgres import status as pg_status
 from core.postgres import vectors
@@ -39,8 +38,9 @@ from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
 from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
-                          Selection, VectorRow, check_vector)
+                          Selection, VectorRow)
 from core.lifecycle import Lifecycle, check_collection, check_model
+from core.searching import Searching
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
@@ -48,7 +48,7 @@ __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore(Lifecycle):
+class SupabaseStore(Lifecycle, Searching):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -258,31 +258,6 @@ class SupabaseStore(Lifecycle):
         for dims in due:
             self.build_index(model, dimensions=dims)
 
-    def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
-                         collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
-        """The ``k`` sections of ``collection`` (None: all) nearest to ``vector`` (cosine) among
-        ``model_name``'s embeddings: ``[{id, title, score, snippet, metadata, parent}]``, best
-        first; ``group``: one per parent. Uses the model's HNSW index when it exists."""
-        check_model(model_name)
-        if int(k) < 1:
-            return []
-        array = _query_vector(vector)
-        with self.connection() as conn:
-            return pg_search.nearest(conn, array, model_name, int(k), group, collection)
-
-    def search(self, query: str, embedding_service: Embedder, k: int = 10, *, group: bool = True,
-               collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
-        """Embed ``query`` with ``embedding_service``; the ``k`` nearest sections, as ``search_by_vector``."""
-        vector = embedding_service.generate_embedding(query)
-        return self.search_by_vector(vector, embedding_service.settings.model, k, group=group, collection=collection)
-
-    def match_sections(self, query_embedding: Any, match_count: int = 10,
-                       model_name: str | None = None) -> list[pg_search.Match]:
-        """Call the ``match_sections`` SQL function (what Supabase RPC callers use)."""
-        array = _query_vector(query_embedding)
-        with self.connection() as conn:
-            return pg_search.match_sections(conn, array, match_count, model_name)
-
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, model_name: str | None = None, *, top_reasons: int = 5,
@@ -303,10 +278,3 @@ def _vector_row(row: Sequence[Any]) -> VectorRow:
         return cast(VectorRow, row)
     return VectorRow(str(row[0]), row[1], int(row[2]) if len(row) > 2 and row[2] is not None else 0,
                      row[3] if len(row) > 3 else None)
-
-
-def _query_vector(vector: Any) -> np.ndarray:
-    array, problem = check_vector(vector)
-    if array is None:
-        raise ValueError(f"query vector: {problem}")
-    return array
