@@ -18,6 +18,7 @@ import typer
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
                              JsonOut, Model, Provider, build_service, chosen_collection, open_store)
 from core.cli_lifecycle import delete, drop_model, source_scope
+from core.cli_search import search
 from core.records import DEFAULT_COLLECTION
 from core.console import Reading, err, fail, out, print_hits, print_summary, print_table, tracked
 from core.errors import ProviderFatalError
@@ -187,41 +188,6 @@ def dry_run_report(store, sections: Iterable[Any], reading: Reading, service, js
 
 
 @app.command()
-def search(
-    query: Annotated[str, typer.Argument(help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
-    model: Model = DEFAULT_MODEL,
-    database_url: DatabaseUrl = None,
-    base_url: BaseUrl = None,
-    provider: Provider = None,
-    dimensions: Dimensions = None,
-    group: Annotated[bool, typer.Option(
-        "--group/--no-group", help="One hit per section: the best of its chunks (--no-group lists every chunk).")] = True,
-    collection: Collection = DEFAULT_COLLECTION,
-    all_collections: AllCollections = False,
-    json_out: JsonOut = False,
-) -> None:
-    """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with)."""
-    name = chosen_collection(collection, all_collections)
-    service = build_service(model, base_url, provider, dimensions)
-    with open_store(database_url) as store:
-        try:
-            hits = store.search(query, service, k=k, group=group, collection=name)
-        except ProviderFatalError as error:
-            fail(str(error))
-    if json_out:
-        out.print_json(json.dumps(hits))
-        return
-    if not hits:
-        where = f" in collection {name!r}" if name is not None else ""
-        out.print(f"no sections embedded with {service.model}{where} yet: run `sections ingest PATH "
-                  f"--model {service.model}" + (f" --collection {name}`" if name not in (None, DEFAULT_COLLECTION) else "`"),
-                  markup=False)
-        return
-    print_hits(query, hits)
-
-
-@app.command()
 def status(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Only this model.")] = None,
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only this collection.")] = None,
@@ -339,6 +305,7 @@ def demo(
             print_hits(query, store.search(query, service, k=3, collection=DEMO_COLLECTION))
 
 
+app.command()(search)
 app.command()(delete)
 app.command("drop-model")(drop_model)
 

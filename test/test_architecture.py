@@ -50,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "core.simulator_batch": LEAVES,
     "core.cli_common": {"core.console", "core.records", "core.redact", "core.embedding_service", "core.supabase_store"},
     "core.cli_lifecycle": {"core.cli_common", "core.console", "core.records"},
+    "core.cli_search": {"core.cli_common", "core.cli_lifecycle", "core.console", "core.errors", "core.records"},
     "core.cli": {"core"},  # the top: it may use anything
 }
 SQL = re.compile(r"^\s*(select\s|insert\s+into\s|update\s+\w+\s+set\s|delete\s+from\s|"

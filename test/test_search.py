@@ -1,18 +1,26 @@
 """Search people expect: metadata, collection and source filters, hybrid (full text + vector by
-reciprocal rank fusion), whole contents, through the Python API and the SQL functions a Supabase
-client calls; and a selective filter that still returns k hits through the HNSW index (pgvector
-0.8's iterative scan).
+reciprocal rank fusion), whole contents, through the Python API, the SQL functions a Supabase
+client calls, and the ``sections search`` command as a subprocess; and a selective filter that
+still returns k hits through the HNSW index (pgvector 0.8's iterative scan).
 """
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
+from typer.testing import CliRunner
+
+from core.cli import app
 from core.postgres.index import index_name
 from core.records import SearchFilter, Section
+from core.supabase_store import section_text
 from fixtures_db import nested_plans
 
 DIMS = 24
@@ -159,3 +167,89 @@ def test_a_one_percent_filter_returns_k_hits_through_the_hnsw_index(store, db):
             f"where e.model_name = 'm' and e.dimensions = {DIMS} and s.metadata @> '{{\"bucket\": 7}}' "
             f"order by e.embedding::vector({DIMS}) <=> %s::vector({DIMS}) limit 10", (query,)).fetchall()
     assert len(plain_scan) < 10
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+
+runner = CliRunner()
+
+
+def sections_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          input="", timeout=120)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "docs"
+    for folder, name, lang, level in (("guide", "install", "en", 1), ("guide", "usage", "en", 2),
+                                      ("guide2", "autre", "fr", 2)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / f"{name}.md").write_text(textwrap.dedent(f"""\
+            ---
+            lang: {lang}
+            level: {level}
+            ---
+            # {name.title()}
+
+            The {name} page explains {name} in some detail. {"It goes on and on. " * 20} TAILWORD{name}
+
+            ## More {name}
+
+            Further notes on {name}.
+            """), encoding="utf-8")
+    (tmp_path / "notes.jsonl").write_text(
+        json.dumps({"id": "n1", "title": "Odd note", "content": f"a note about {UNIQUE_WORD} crystals",
+                    "metadata": {"lang": "en", "draft": False}}) + "\n"
+        + "".join(json.dumps({"id": f"n{i}", "title": f"Note {i}", "content": f"note number {i} on other things",
+                              "metadata": {"lang": "en", "draft": True}}) + "\n" for i in range(2, 30)),
+        encoding="utf-8")
+    return root
+
+
+def test_search_command_filters_sources_full_and_hybrid(sim, database_url, db, corpus):
+    where = ["--model", "text-embedding-3-small", "--base-url", sim.base_url, "--database-url", database_url,
+             "--dimensions", "32"]
+    assert sections_cli("ingest", corpus, corpus.parent / "notes.jsonl", *where).returncode == 0
+    title, content = db.execute("select title, content from sections where id = 'guide/install.md#install'").fetchone()
+    query = section_text(title, content)
+
+    def found(*extra: object, text: str = query, subprocess: bool = False) -> list[dict]:
+        """Hits as --json prints them: from a real subprocess, or (the many variations) in-process."""
+        args = ["search", text, *where, "--json", "-k", "50", *map(str, extra)]
+        result = sections_cli(*args) if subprocess else runner.invoke(app, args, catch_exceptions=False)
+        assert (result.returncode if subprocess else result.exit_code) == 0, result.stdout
+        return json.loads(result.stdout)
+
+    english = found("--filter", "lang=en", "--source", corpus / "guide", subprocess=True)
+    assert english[0]["id"] == "guide/install.md#install"
+    assert {h["metadata"]["source"] for h in english} == {"guide/install.md", "guide/usage.md"}  # not guide2/
+    assert {h["id"] for h in found("--filter", "lang=fr")} == {"guide2/autre.md#autre", "guide2/autre.md#autre/more-autre"}
+    assert {h["metadata"]["source"] for h in found("--filter", "level=2")} == {"guide/usage.md", "guide2/autre.md"}
+    assert found("--filter", 'level="2"') == []  # JSON: the string "2" is not the number 2
+    assert {h["id"] for h in found("--filter", "draft=false")} == {"n1"}
+    assert {h["id"] for h in found("--filter", "lang=en", "--filter", "draft=false")} == {"n1"}
+    one_file = found("--source", corpus / "guide" / "usage.md")
+    assert {h["metadata"]["source"] for h in one_file} == {"guide/usage.md"}
+    assert {h["id"] for h in found("--source", corpus.parent / "notes.jsonl")} == {f"n{i}" for i in range(1, 30)}
+
+    assert "content" not in english[0]
+    whole = found("--full")
+    assert whole[0]["content"] == content and "TAILWORDinstall" in content and "TAILWORDinstall" not in whole[0]["snippet"]
+    table = sections_cli("search", query, *where, "--full", "-k", "1")
+    assert table.returncode == 0 and "TAILWORDinstall" in table.stdout
+
+    plain = found(text=f"{UNIQUE_WORD} crystals")
+    hybrid = found("--hybrid", text=f"{UNIQUE_WORD} crystals", subprocess=True)
+    assert plain[0]["id"] != "n1" and hybrid[0]["id"] == "n1" and "rrf_score" in hybrid[0]
+    assert "rrf" in runner.invoke(app, ["search", UNIQUE_WORD, *where, "--hybrid", "-k", "2"]).stdout
+
+    nothing = runner.invoke(app, ["search", query, *where, "--filter", "lang=de"])
+    assert nothing.exit_code == 0 and "passes --filter/--source" in nothing.stdout
+    refused = sections_cli("search", query, *where, "--filter", "lang")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == ["error: --filter 'lang': expected KEY=VALUE, e.g. --filter lang=en"]
+    for bad in (["--filter", "=en"], ["--filter", "a=1", "--filter", "a=2"]):
+        result = runner.invoke(app, ["search", query, *where, *bad])
+        assert result.exit_code == 1 and "--filter" in result.output, result.output
