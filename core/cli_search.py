@@ -56,10 +56,12 @@ def search(
     collection: Collection = DEFAULT_COLLECTION,
     all_collections: AllCollections = False,
     filters: Annotated[Optional[List[str]], typer.Option(
-        "--filter", help="Only sections whose metadata has KEY equal to VALUE (JSON if it parses, else a string); "
-                         "repeatable, all must hold.", show_default=False)] = None,
+        "--filter", metavar="KEY=VALUE", show_default=False,
+        help="Only sections whose metadata has KEY equal to VALUE (JSON if it parses, else a string); "
+             "repeatable, all must hold.")] = None,
     sources: Annotated[Optional[List[str]], typer.Option(
-        "--source", help="Only sections read from this file or folder (repeatable).", show_default=False)] = None,
+        "--source", metavar="PATH", help="Only sections read from this file or folder (repeatable).",
+        show_default=False)] = None,
     hybrid: Annotated[bool, typer.Option(
         "--hybrid", help="Rank by the query's words (Postgres full text) and by meaning together (reciprocal "
                          "rank fusion).")] = False,
