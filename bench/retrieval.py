@@ -14,7 +14,10 @@ sections are cut to the model's window where ``core`` has a chunker, ``SupabaseS
 embeds with all-MiniLM-L6-v2 into a fresh embedded Postgres, and ``store.search`` answers each
 question (k = 10, exact scan: no HNSW index, so the score is the reader's and the embedding's, not
 an approximate index's). Two rankings of the same hits: as search returns them, and with later
-hits of an already listed file dropped (what a user who wants "the page" sees).
+hits of an already listed file dropped (what a user who wants "the page" sees). Then the same
+questions through hybrid search (``search_by_vector(question's vector, text=...)``, what
+``--hybrid`` runs): the words as typed, every one required on the full-text side, and joined by
+``or`` (which a user can type) so that any of them counts; the vector side is the same in both.
 
 ``measure`` needs nothing newer than ``open_sources``, ``SupabaseStore(url)``, ``ingest``,
 ``search`` and ``status``, so it also runs against older checkouts of ``core`` (the README's
@@ -118,6 +121,8 @@ class Measurement:
     ranks: list[int | None] = field(default_factory=list)  # as search returns them
     file_ranks: list[int | None] = field(default_factory=list)  # one hit per file
     hits: list[list[dict]] = field(default_factory=list)  # every question's hits, to look into a miss
+    hybrid: dict[str, list[int | None]] = field(default_factory=dict)  # hybrid ranks, by how the words were given
+    full_text_found: dict[str, int] = field(default_factory=dict)  # questions whose words matched any section
 
 
 def as_stored(source, service):
@@ -132,8 +137,13 @@ def as_stored(source, service):
     return chunk_sections(source, service.tokenizer, ChunkPolicy.for_model(service.limits.max_input_tokens))
 
 
-def measure(folder: Path, questions: list[dict], database_url: str, k: int = K) -> Measurement:
-    """Read ``folder``, ingest it into ``database_url`` with the local model, ask every question."""
+HYBRID = {"ours: --hybrid, the question as typed": lambda question: question,
+          "ours: --hybrid, its words joined by `or`": lambda question: " or ".join(question.split())}
+
+
+def measure(folder: Path, questions: list[dict], database_url: str, k: int = K, hybrid: bool = False) -> Measurement:
+    """Read ``folder``, ingest it into ``database_url`` with the local model, ask every question
+    (``hybrid``: also through hybrid search, which older checkouts of ``core`` lack)."""
     service = EmbeddingService(model=MODEL)  # loaded before the clock starts
     with SupabaseStore(database_url) as store:
         started = time.perf_counter()
@@ -150,6 +160,14 @@ def measure(folder: Path, questions: list[dict], database_url: str, k: int = K) 
             result.hits.append(hits)
             result.ranks.append(first_rank(hits, question["expected"]))
             result.file_ranks.append(first_rank(hits, question["expected"], one_per_file=True))
+        vectors = [service.generate_embedding(q["question"]) for q in questions] if hybrid else []
+        for name, words in (HYBRID.items() if hybrid else ()):  # the question's vector; its words, as given
+            result.hybrid[name] = [first_rank([dict(hit) for hit in store.search_by_vector(
+                vector, MODEL, k, text=words(q["question"]))], q["expected"]) for vector, q in zip(vectors, questions)]
+            with store.connection() as conn:
+                result.full_text_found[name] = sum(bool(conn.execute(
+                    "select exists (select 1 from sections where fts @@ sections_tsquery(%s))",
+                    (words(q["question"]),)).fetchone()[0]) for q in questions)
     return result
 
 
@@ -184,15 +202,15 @@ def run(quick: bool = False) -> Result:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "data") as pg:
         folder = Path(tmp) / "docs"
         copy_english(folder, nodes)
-        found = measure(folder, questions, fresh_database(pg, "retrieval"))
+        found = measure(folder, questions, fresh_database(pg, "retrieval"), hybrid=True)
     views = {"ours: hits as search returns them": found.ranks,
-             "ours: one hit per file (later hits of a listed file dropped)": found.file_ranks}
+             "ours: one hit per file (later hits of a listed file dropped)": found.file_ranks, **found.hybrid}
     rows = []
     for name, ranks in views.items():
         r = rates(ranks)
         rows.append([name, len(ranks), f"{r['top-1']:.2f}", f"{r['top-3']:.2f}", f"{r['top-10']:.2f}",
                      f"{r['MRR']:.2f}", found.sections_read, found.chunks_stored, f"{found.ingest_seconds:.1f}"])
-    first = rates(found.ranks)
+    first, hybrid = rates(found.ranks), rates(next(iter(found.hybrid.values())))
     topics = sorted({q["topic"] for q in questions})
     return Result(
         key="retrieval",
@@ -201,8 +219,9 @@ def run(quick: bool = False) -> Result:
                     f"{found.sections_read} sections read). Questions in a user's words, each with the doc that "
                     f"answers it, over {len(topics)} topics ({', '.join(topics)}). Read with open_sources, cut to the "
                     "model's window as `sections ingest` does, stored with SupabaseStore.ingest into the embedded "
-                    f"Postgres, then store.search(question, k={K}), exact scan. A hit is a result from the expected "
-                    "file (any section or chunk of it). "
+                    f"Postgres, then store.search(question, k={K}), exact scan; the hybrid rows add the full-text "
+                    "ranking (English, every word required unless joined by `or`), fused by reciprocal rank. A hit "
+                    "is a result from the expected file (any section or chunk of it). "
                     f"Ingest: read → embed → store, one run; search: median {median(found.search_seconds) * 1000:.0f} ms "
                     "a question."),
         header=["ranking", "questions", "top-1", "top-3", "top-10", "MRR@10", "sections read", "chunks stored",
@@ -210,7 +229,10 @@ def run(quick: bool = False) -> Result:
         rows=rows,
         verdict=(f"{sum(r == 1 for r in found.ranks)} of {len(questions)} questions find their node's doc first, "
                  f"{sum(r is not None and r <= 3 for r in found.ranks)} within the first three "
-                 f"(top-3 {first['top-3']:.2f})."),
+                 f"(top-3 {first['top-3']:.2f}); --hybrid: top-1 {hybrid['top-1']:.2f}, top-3 {hybrid['top-3']:.2f}. "
+                 "The full-text side found a section with all of a question's words for "
+                 f"{next(iter(found.full_text_found.values()))} of {len(questions)} questions, one with any of them "
+                 f"for {list(found.full_text_found.values())[-1]}."),
         plot={"top-3 hit rate": {name: rates(ranks)["top-3"] for name, ranks in views.items()}},
         plot_ylabel="hit rate",
     )

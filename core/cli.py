@@ -25,6 +25,7 @@ from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, No
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.cli_dry_run import dry_run_report, sync_dry_run
 from core.cli_watch import watch
+from core.cli_search import search
 from core.records import DEFAULT_COLLECTION
 from core.console import (IndexBars, Reading, err, fail, out, print_hits, print_index_report, print_summary,
                           print_table, stopped_by, tracked)
@@ -170,41 +171,6 @@ def ingest(
 
 
 @app.command()
-def search(
-    query: Annotated[str, typer.Argument(help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
-    model: Model = DEFAULT_MODEL,
-    database_url: DatabaseUrl = None,
-    base_url: BaseUrl = None,
-    provider: Provider = None,
-    dimensions: Dimensions = None,
-    group: Annotated[bool, typer.Option(
-        "--group/--no-group", help="One hit per section: the best of its chunks (--no-group lists every chunk).")] = True,
-    collection: Collection = DEFAULT_COLLECTION,
-    all_collections: AllCollections = False,
-    json_out: JsonOut = False,
-) -> None:
-    """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with)."""
-    name = chosen_collection(collection, all_collections)
-    service = build_service(model, base_url, provider, dimensions)
-    with open_store(database_url) as store:
-        try:
-            hits = store.search(query, service, k=k, group=group, collection=name)
-        except ProviderFatalError as error:
-            fail(str(error))
-    if json_out:
-        out.print_json(json.dumps(hits))
-        return
-    if not hits:
-        where = f" in collection {name!r}" if name is not None else ""
-        out.print(f"no sections embedded with {service.model}{where} yet: run `sections ingest PATH "
-                  f"--model {service.model}" + (f" --collection {name}`" if name not in (None, DEFAULT_COLLECTION) else "`"),
-                  markup=False)
-        return
-    print_hits(query, hits)
-
-
-@app.command()
 def status(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Only this model.")] = None,
     collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only this collection.")] = None,
@@ -332,6 +298,7 @@ def demo(
 
 
 app.command()(watch)
+app.command()(search)
 app.command()(delete)
 app.command("drop-model")(drop_model)
 app.command()(batches)

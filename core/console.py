@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
@@ -309,12 +310,17 @@ def print_index_report(report: Any, elapsed: float, json_out: bool) -> None:
 
 
 def print_hits(query: str, hits: list[dict[str, Any]]) -> None:
+    """A table of hits: the cosine similarity (and, from a hybrid search, the fused score that
+    ordered them), where each was read, and a snippet, or the whole content when the hits carry it."""
+    fused = any("rrf_score" in hit for hit in hits)
+    full = any("content" in hit for hit in hits)
     table = Table(title=f"“{query}”")
-    for column in ("score", "id", "title", "where", "snippet"):
+    for column in ("score", *(("rrf",) if fused else ()), "id", "title", "where", "content" if full else "snippet"):
         table.add_column(column, overflow="fold")
-    for hit in hits:
-        table.add_row(f"{hit['score']:.3f}", hit["id"], hit["title"] or "", _where(hit),
-                      (hit.get("snippet") or "")[:160])
+    for hit in hits:  # Text: ids, titles and contents are shown as written, never read as markup
+        table.add_row(f"{hit['score']:.3f}", *((f"{hit.get('rrf_score', 0):.4f}",) if fused else ()),
+                      Text(hit["id"]), Text(hit["title"] or ""), Text(_where(hit)),
+                      Text(hit.get("content", "") if full else (hit.get("snippet") or "")[:160]))
     out.print(table)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ProgressCounts",
     "Rejected",
     "RetrySchedule",
+    "SearchFilter",
     "Section",
     "Selection",
     "VectorRow",
@@ -157,6 +158,33 @@ class Selection:
     @property
     def empty(self) -> bool:
         return not (self.ids or self.prefix or self.files or self.folders or self.everything)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Which sections a search may return, beyond its collection: those whose metadata contains
+    ``metadata`` (Postgres jsonb containment: every key holds that value; a list holds those
+    items), read from one of ``sources`` (absolute paths, as ingest stores them: a file, or a
+    folder and everything under it). Empty: no restriction. The CLI's ``--filter``/``--source``,
+    the store's ``search`` and the SQL functions' ``filter``/``sources`` parameters all mean this."""
+
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    sources: tuple[str, ...] = ()
+
+    def problem(self) -> str | None:
+        """Why the database could not take this filter, or None."""
+        if not isinstance(self.metadata, Mapping) or not all(isinstance(key, str) for key in self.metadata):
+            return "metadata filter must be a mapping with string keys"
+        try:
+            json.dumps(dict(self.metadata), allow_nan=False)  # jsonb has no NaN or infinity
+        except (TypeError, ValueError) as error:
+            return f"metadata filter is not JSON: {error}"
+        if any(text_problem(text) for text in _strings(dict(self.metadata))):
+            return f"metadata filter {_UNSTORABLE}"
+        for source in self.sources:
+            if not isinstance(source, str) or not source or text_problem(source):
+                return f"source {source!r} is not a path"
+        return None
 
 
 class Deleted(NamedTuple):

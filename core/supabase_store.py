@@ -32,7 +32,6 @@ from core.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOpti
 from core.pipeline.sync import sync
 from core.pipeline.tally import ProgressCallback
 from core.postgres import index_build
-from core.postgres import search as pg_search
 from core.postgres import sections as pg_sections
 from core.postgres import status as pg_status
 from core.postgres import vectors
@@ -40,10 +39,11 @@ from core.postgres.backend import PostgresBackend
 from core.postgres.database import Database
 from core.postgres.index import index_name
 from core.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
-                          Selection, VectorRow, check_vector)
+                          Selection, VectorRow)
 from core.indexing import Indexing
 from core.lifecycle import Lifecycle, check_collection, check_model
 from core.batch_store import BatchStore
+from core.searching import Searching
 from core.tokens import LongInputPolicy
 
 __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
@@ -51,7 +51,7 @@ __all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore(Lifecycle, Indexing, BatchStore):
+class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -243,31 +243,6 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore):
 
     # -- search (indexes: core.indexing) -------------------------------------------------------------
 
-    def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
-                         collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
-        """The ``k`` sections of ``collection`` (None: all) nearest to ``vector`` (cosine) among
-        ``model_name``'s embeddings: ``[{id, title, score, snippet, metadata, parent}]``, best
-        first; ``group``: one per parent. Uses the model's HNSW index when it exists."""
-        check_model(model_name)
-        if int(k) < 1:
-            return []
-        array = _query_vector(vector)
-        with self.connection() as conn:
-            return pg_search.nearest(conn, array, model_name, int(k), group, collection)
-
-    def search(self, query: str, embedding_service: Embedder, k: int = 10, *, group: bool = True,
-               collection: str | None = DEFAULT_COLLECTION) -> list[pg_search.Hit]:
-        """Embed ``query`` with ``embedding_service``; the ``k`` nearest sections, as ``search_by_vector``."""
-        vector = embedding_service.generate_embedding(query)
-        return self.search_by_vector(vector, embedding_service.settings.model, k, group=group, collection=collection)
-
-    def match_sections(self, query_embedding: Any, match_count: int = 10,
-                       model_name: str | None = None) -> list[pg_search.Match]:
-        """Call the ``match_sections`` SQL function (what Supabase RPC callers use)."""
-        array = _query_vector(query_embedding)
-        with self.connection() as conn:
-            return pg_search.match_sections(conn, array, match_count, model_name)
-
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, model_name: str | None = None, *, top_reasons: int = 5,
@@ -290,10 +265,3 @@ def _vector_row(row: Sequence[Any]) -> VectorRow:
         return cast(VectorRow, row)
     return VectorRow(str(row[0]), row[1], int(row[2]) if len(row) > 2 and row[2] is not None else 0,
                      row[3] if len(row) > 3 else None)
-
-
-def _query_vector(vector: Any) -> np.ndarray:
-    array, problem = check_vector(vector)
-    if array is None:
-        raise ValueError(f"query vector: {problem}")
-    return array

@@ -8,6 +8,8 @@
 - ``store`` (function): a ``SupabaseStore`` on that database, closed afterwards.
 - ``db`` (function): a plain autocommit psycopg connection to it, pgvector types registered,
   always straight to the server: the test's own probe, whichever route the store takes.
+- ``nested_plans(conn, statement, params)``: the rows of a statement and the plans of everything it
+  ran, the dynamic SQL inside functions included (how a test sees the plan inside ``match_sections``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["embedded_pg", "database_url", "store", "db"]
+__all__ = ["embedded_pg", "database_url", "store", "db", "nested_plans"]
 
 TEMPLATE_DB = "sections_template"
 
@@ -81,3 +83,21 @@ def db(embedded_pg, database_url):
     with psycopg.connect(embedded_pg.url_for(conninfo_to_dict(database_url)["dbname"]), autocommit=True) as conn:
         register_vector(conn)
         yield conn
+
+
+def nested_plans(conn, statement, params=None):
+    """The rows ``statement`` returns, and the plans of every statement it runs, functions' dynamic
+    SQL included (auto_explain, sent to this client as notices), joined in one string."""
+    notices = []
+    handler = lambda diag: notices.append(diag.message_primary or "")  # noqa: E731
+    conn.add_notice_handler(handler)
+    conn.execute("load 'auto_explain'")
+    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
+                    "auto_explain.log_level = notice"):
+        conn.execute(f"set {setting}")
+    try:
+        rows = conn.execute(statement, params).fetchall()
+    finally:
+        conn.execute("reset all")
+        conn.remove_notice_handler(handler)
+    return rows, "\n".join(notices)

@@ -20,10 +20,10 @@ from core.dispatch import RetryPolicy
 from core.embedding_service import EmbeddingService
 from core.errors import ProviderFatalError
 from core.postgres.index import index_name
-from core.postgres.search import knn_statement
 from core.sample_corpus import stdlib_sections
 from core.simulator import expected_embedding
 from core.supabase_store import SupabaseStore, section_text
+from fixtures_db import nested_plans
 from fixtures_pgbouncer import POOLED
 
 pytestmark = POOLED  # each test twice: straight to the server, and through pgbouncer in transaction mode
@@ -147,20 +147,6 @@ def _without_vectors(plan: str) -> str:
     return re.sub(r"'\[[^\]]*\]'", "'[…]'", plan)
 
 
-def _nested_plans(conn, statement, params):
-    """The plans of every statement ``statement`` runs, functions' dynamic SQL included (auto_explain,
-    sent to this client as notices): how to see the plan of the query inside ``match_sections``."""
-    notices = []
-    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-    conn.execute("load 'auto_explain'")
-    for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                    "auto_explain.log_level = notice"):
-        conn.execute(f"set {setting}")
-    rows = conn.execute(statement, params).fetchall()
-    conn.execute("reset all")
-    return rows, "\n".join(notices)
-
-
 def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(sim, database_url, db, tmp_path):
     # 1,000 rows: below a few hundred an exact scan is cheaper, and the planner rightly picks it
     wide = stdlib_sections(1000, tokens_per_section=20)
@@ -190,13 +176,10 @@ def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(
     hits = json.loads(found.stdout)
     assert hits[0]["id"] == target["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)  # halfvec precision
 
-    # the store's own query and match_sections() both run on the halfvec index, not a scan of every row
+    # match_sections(), which the store's own search calls too, runs on the halfvec index, not a scan of every row
     db.execute("analyze section_embeddings")  # the statistics autovacuum gathers after a load
     query = expected_embedding(text, WIDE_MODEL)
-    plan = "\n".join(row[0] for row in db.execute(
-        psycopg.sql.SQL("explain (costs off) ") + knn_statement(db, WIDE_MODEL, WIDE_DIMS), {"q": query, "k": 3}))
-    assert f"Index Scan using {name}" in plan, _without_vectors(plan)
-    rows, plans = _nested_plans(db, "select id from match_sections(%s, 3, %s)", (query, WIDE_MODEL))
+    rows, plans = nested_plans(db, "select id from match_sections(%s, 3, %s)", (query, WIDE_MODEL))
     assert rows[0][0] == target["id"]
     assert f"Index Scan using {name}" in plans and f"halfvec({WIDE_DIMS})" in plans, _without_vectors(plans)
 

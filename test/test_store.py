@@ -14,9 +14,9 @@ import pytest
 
 from core.errors import ProviderFatalError
 from core.postgres.schema import apply_migrations, migrations
-from core.postgres.search import knn_statement
 from core.supabase_store import SupabaseStore, content_hash, index_name, section_text
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
+from fixtures_db import nested_plans
 
 HOSTILE_IDS = [
     "plain",
@@ -69,7 +69,7 @@ def test_migrations_apply_once_and_are_idempotent(embedded_pg):
             tables = {r[0] for r in conn.execute(
                 "select tablename from pg_tables where schemaname = 'public'").fetchall()}
             assert {"sections", "section_embeddings", "embedding_failures", "schema_migrations"} <= tables
-            assert conn.execute("select to_regprocedure('match_sections(vector,integer,text)')").fetchone()[0]
+            assert conn.execute("select to_regprocedure('match_sections(vector,integer,text,jsonb,text,text[])')").fetchone()[0]
     finally:
         _drop_db(embedded_pg, name)
 
@@ -323,9 +323,7 @@ def test_search_orders_by_cosine_similarity_and_uses_the_hnsw_index(store, db):
     assert hits[0]["title"] == "T10" and hits[0]["snippet"].startswith("body 10 body 10")
     assert len(hits[0]["snippet"]) <= 240
 
-    with store.connection() as conn:
-        plan = "\n".join(r[0] for r in conn.execute(
-            psycopg.sql.SQL("explain ") + knn_statement(conn, "m", 32), {"q": query, "k": 5}).fetchall())
+    _, plan = nested_plans(db, "select id from match_sections(%s, 5, 'm', collection => 'default')", (query,))
     assert f"Index Scan using {index_name('m', 32)}" in plan, plan
 
     many = store.search_by_vector(query, "m", k=100)  # more than hnsw.ef_search's default of 40

@@ -3,7 +3,8 @@
 Search must match an index's expression and predicate literally for the planner to use it, which
 is why the model name appears as a literal (``psycopg.sql.Literal``) in the DDL and in the k-NN
 query, and why the cast (``vector(d)`` up to 2,000 dimensions, ``halfvec(d)`` up to 4,000 where
-pgvector has it) is decided here for both.
+pgvector has it) is decided here for the DDL and, by the same rule, in ``match_sections()``
+(migration 005) for the query.
 
 What a model lacks is read from the catalog and from ``section_embeddings_model_dimensions_idx``
 (migration 007), never by reading every vector: ``plan_indexes`` runs after every ingest. An index
@@ -36,7 +37,6 @@ __all__ = [
     "lock_for_build",
     "missing_indexes",
     "plan_indexes",
-    "search_cast",
     "stored_dimensions",
     "vector_count",
 ]
@@ -88,11 +88,6 @@ def index_cast(dimensions: int, halfvec: bool) -> str | None:
     if dimensions <= HALFVEC_MAX_DIMENSIONS and halfvec:
         return "halfvec"
     return None
-
-
-def search_cast(dimensions: int, halfvec: bool) -> str:
-    """The type a query casts to: what the index uses, and what ``match_sections()`` uses."""
-    return "halfvec" if dimensions > HNSW_MAX_DIMENSIONS and halfvec else "vector"
 
 
 def index_states(conn: psycopg.Connection[Any], model_name: str) -> dict[int, IndexState]:

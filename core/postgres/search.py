@@ -1,23 +1,27 @@
-"""Nearest sections to a query vector: the k-NN query the HNSW index serves, and ``match_sections``.
+"""Nearest sections to a query: the store's searches, through the SQL functions RPC callers use.
 
-The query repeats the partial index's expression and literal predicates exactly (see
-``core.postgres.index``), else the planner falls back to an exact scan.
+``match_sections`` and ``hybrid_match_sections`` (migration 005) hold the one query each: the
+expression and literal predicates the partial HNSW index needs, the filters, pgvector 0.8's
+iterative scan for a filtered search, the fusion of full-text and vector ranks. The store calls
+them as a Supabase client would, so what the CLI finds and what an RPC finds cannot drift apart.
 """
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from core.postgres.index import HNSW_MAX_DIMENSIONS, has_halfvec, search_cast
+from core.records import SearchFilter
 
-__all__ = ["GROUP_OVERFETCH", "Hit", "Match", "Parent", "SNIPPET_CHARS", "knn_statement", "match_sections", "nearest"]
+__all__ = ["GROUP_OVERFETCH", "Hit", "Match", "Parent", "SNIPPET_CHARS", "match_sections", "nearest"]
 
 SNIPPET_CHARS = 240
 GROUP_OVERFETCH = 4  # candidates per hit asked for when hits are grouped by parent
-MAX_EF_SEARCH = 1000  # pgvector's ceiling for hnsw.ef_search
+MAX_CANDIDATES = 1000  # pgvector's ceiling for hnsw.ef_search: more could not come back from one scan
+NO_FILTER = SearchFilter()
 
 
 class Parent(TypedDict):
@@ -32,6 +36,8 @@ class Hit(TypedDict):
     snippet: str
     metadata: Any  # the section's metadata (source, headings, line, front matter, chunk position)
     parent: Parent | None  # the section a chunk was cut from; None for a whole section
+    content: NotRequired[str]  # the whole content, when asked for (``full``)
+    rrf_score: NotRequired[float]  # hybrid search: the fused rank score hits are ordered by
 
 
 class Match(TypedDict):
@@ -39,51 +45,37 @@ class Match(TypedDict):
     title: str
     content: str
     similarity: float
+    metadata: Any
 
 
-def knn_statement(conn: psycopg.Connection[Any], model_name: str, dimensions: int,
-                  snippet_chars: int = SNIPPET_CHARS, collection: str | None = None) -> sql.Composed:
-    """The k-NN query, with the exact expression and literal predicates of the partial index;
-    ``collection`` (None: all) filters the index's candidates."""
-    # the server is asked about halfvec only where the answer matters: no round trip per query below 2,000 dims
-    halfvec = dimensions > HNSW_MAX_DIMENSIONS and has_halfvec(conn)
-    typed = sql.SQL(f"{search_cast(dimensions, halfvec)}({int(dimensions)})")
-    return sql.SQL(
-        "select s.id, s.title, (1 - (e.embedding::{t} <=> %(q)b::{t}))::float8 as score, "
-        "left(s.content, {snip}) as snippet, s.metadata "
-        "from section_embeddings e join sections s on s.id = e.section_id "
-        "where e.model_name = {model} and e.dimensions = {d} {collection}"
-        "order by e.embedding::{t} <=> %(q)b::{t} limit %(k)s"
-    ).format(t=typed, snip=sql.SQL(str(int(snippet_chars))), model=sql.Literal(model_name),
-             d=sql.SQL(str(int(dimensions))),
-             collection=sql.SQL("and s.collection = %(collection)s ") if collection is not None else sql.SQL(""))
+_ARGS = "%(q)b, %(k)s, %(model)s, %(filter)s, %(collection)s, %(sources)s"
+_VECTOR = sql.SQL("null::float8 from match_sections(" + _ARGS + ")")
+_HYBRID = sql.SQL("rrf_score from hybrid_match_sections(%(text)s, " + _ARGS + ")")
 
 
-# pgvector >= 0.8 keeps scanning the index until a filter has let enough rows through; older
-# versions reserve the "hnsw." prefix and refuse the setting, so it is set only where it exists.
-_SCAN_SETTINGS = (
-    "select set_config('hnsw.ef_search', %(ef)s, true), "
-    "case when %(filtered)s and exists (select 1 from pg_settings where name = 'hnsw.iterative_scan') "
-    "then set_config('hnsw.iterative_scan', 'relaxed_order', true) end"
-)
+def _params(vector: np.ndarray, model_name: str | None, k: int, collection: str | None, where: SearchFilter,
+            text: str | None = None) -> dict[str, Any]:
+    return {"q": vector, "k": k, "model": model_name, "filter": Jsonb(dict(where.metadata)),
+            "collection": collection, "sources": list(where.sources) or None, "text": text}
 
 
-def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, k: int,
-            group: bool = False, collection: str | None = None) -> list[Hit]:
-    """The ``k`` nearest sections of ``collection`` (None: any), best first. An HNSW scan returns
-    at most ``hnsw.ef_search`` rows, so it is raised to the rows asked for (up to 1000) for this
-    transaction; with a collection, pgvector 0.8's iterative scan keeps a small one from coming
-    back short.
+def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, k: int, *, group: bool = False,
+            collection: str | None = None, where: SearchFilter = NO_FILTER, text: str | None = None,
+            full: bool = False) -> list[Hit]:
+    """The ``k`` best sections of ``collection`` (None: any) that pass ``where``, best first: by
+    cosine similarity, or with ``text`` by the fusion of full-text and vector ranks (hybrid).
 
     ``group``: one hit per parent section (its best chunk), so one long page cut into many chunks
     cannot fill every place; ``GROUP_OVERFETCH`` × k candidates are read to find k parents.
+    ``full``: each hit also carries the section's whole ``content`` (else only its snippet leaves
+    the server).
     """
-    limit = min(MAX_EF_SEARCH, k * GROUP_OVERFETCH) if group else k
-    with conn.transaction():
-        conn.execute(_SCAN_SETTINGS, {"ef": str(max(40, min(limit, MAX_EF_SEARCH))), "filtered": collection is not None})
-        rows = conn.execute(knn_statement(conn, model_name, vector.shape[0], collection=collection),
-                            {"q": vector, "k": limit, "collection": collection}).fetchall()
-    hits = sorted((_hit(*row) for row in rows), key=lambda hit: -hit["score"])  # relaxed order: sort the few
+    limit = min(MAX_CANDIDATES, k * GROUP_OVERFETCH) if group else k
+    content = sql.SQL("content") if full else sql.SQL("left(content, {})").format(sql.Literal(SNIPPET_CHARS))
+    statement = sql.SQL("select id, title, {content}, similarity, metadata, {rest}").format(
+        content=content, rest=_VECTOR if text is None else _HYBRID)
+    rows = conn.execute(statement, _params(vector, model_name, limit, collection, where, text)).fetchall()
+    hits = [_hit(*row, full=full) for row in rows]  # in the function's order: best first
     if not group:
         return hits
     seen: set[str] = set()
@@ -96,18 +88,24 @@ def nearest(conn: psycopg.Connection[Any], vector: np.ndarray, model_name: str, 
     return best[:k]
 
 
-def _hit(section_id: str, title: str, score: float, snippet: str | None, metadata: Any) -> Hit:
+def _hit(section_id: str, title: str, content: str | None, score: float, metadata: Any, rank: float | None,
+         *, full: bool) -> Hit:
     parent = None
     if isinstance(metadata, dict) and isinstance(metadata.get("parent"), str):
         parent = Parent(id=metadata["parent"], title=str(metadata.get("parent_title") or ""))
-    return Hit(id=section_id, title=title, score=float(score), snippet=" ".join((snippet or "").split()),
-               metadata=metadata, parent=parent)
+    text = content or ""
+    hit = Hit(id=section_id, title=title, score=float(score), snippet=" ".join(text[:SNIPPET_CHARS].split()),
+              metadata=metadata, parent=parent)
+    if full:
+        hit["content"] = text
+    if rank is not None:
+        hit["rrf_score"] = float(rank)
+    return hit
 
 
-def match_sections(conn: psycopg.Connection[Any], vector: np.ndarray, match_count: int,
-                   model_name: str | None) -> list[Match]:
+def match_sections(conn: psycopg.Connection[Any], vector: np.ndarray, match_count: int, model_name: str | None,
+                   collection: str | None = None, where: SearchFilter = NO_FILTER) -> list[Match]:
     """The ``match_sections`` SQL function, as Supabase RPC callers use it."""
-    with conn.transaction():
-        rows = conn.execute("select id, title, content, similarity from match_sections(%b, %s, %s)",
-                            (vector, match_count, model_name)).fetchall()
-    return [Match(id=r[0], title=r[1], content=r[2], similarity=r[3]) for r in rows]
+    rows = conn.execute(sql.SQL("select id, title, content, similarity, metadata from match_sections(" + _ARGS + ")"),
+                        _params(vector, model_name, match_count, collection, where)).fetchall()
+    return [Match(id=r[0], title=r[1], content=r[2], similarity=r[3], metadata=r[4]) for r in rows]
