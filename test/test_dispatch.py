@@ -95,10 +95,10 @@ class FakeProvider:
 
 
 def dispatcher(provider, limits, *, long_input="average", concurrency=4, window_texts=4096, retry=NO_WAIT,
-               limiter=None, stop=None):
+               limiter=None, stop=None, stop_grace_s=dispatch.STOP_GRACE_S):
     return Dispatcher(provider, WordTokenizer(), limits, long_input=long_input, concurrency=concurrency,
                       limiter=limiter or RateLimiter(), retry=retry, usage=Usage("prop-model"), pool=POOL,
-                      window_texts=window_texts, stop=stop)
+                      window_texts=window_texts, stop=stop, stop_grace_s=stop_grace_s)
 
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
@@ -408,8 +408,7 @@ def test_a_stop_sends_nothing_new_yields_the_replies_in_flight_and_raises_interr
     assert sorted(provider.received) == [["first"], ["second"]]  # nothing was sent after the stop
 
 
-def test_a_reply_that_outlasts_the_grace_is_abandoned(monkeypatch):
-    monkeypatch.setattr(dispatch, "STOP_GRACE_S", 0.2)
+def test_a_reply_that_outlasts_the_grace_is_abandoned():
     stop, release = threading.Event(), threading.Event()
 
     def answer(texts, call):
@@ -421,8 +420,8 @@ def test_a_reply_that_outlasts_the_grace_is_abandoned(monkeypatch):
     started = time.monotonic()
     try:
         with pytest.raises(Interrupted, match="1 request"):
-            list(dispatcher(provider, ROOMY, concurrency=1, stop=stop).run([("a", "slow"), ("b", "never sent")],
-                                                                           max_inputs=1))
+            list(dispatcher(provider, ROOMY, concurrency=1, stop=stop, stop_grace_s=0.2).run(
+                [("a", "slow"), ("b", "never sent")], max_inputs=1))
         assert time.monotonic() - started < 2.0  # the grace, not the request, decided when the run ended
     finally:
         release.set()

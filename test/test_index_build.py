@@ -61,7 +61,8 @@ def role(database_url, db):
 
     def make(*, owner: bool, statement_timeout: str | None = None) -> str:
         name = f"r_{uuid.uuid4().hex[:12]}"
-        db.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+        # bypassrls, as Supabase's service_role: every table has row-level security with no policy
+        db.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(name)))
         made.append(name)
         for grant in ("grant usage, create on schema public to {}", "grant all on all tables in schema public to {}"):
             db.execute(sql.SQL(grant).format(sql.Identifier(name)))

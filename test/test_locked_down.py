@@ -149,3 +149,26 @@ def test_anon_sees_nothing_until_the_readme_policy_opens_one_collection(supabase
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["collections"] == {"docs": 10, "private": 10} and report["models"]["m"]["failed"] == 1
+
+
+def test_a_role_that_row_level_security_hides_everything_from_is_told_so_in_one_line(db, database_url):
+    import subprocess
+    import sys
+    import uuid
+
+    from psycopg import sql
+
+    name = f"plain_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+    try:
+        db.execute(sql.SQL("grant usage on schema public to {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("grant all on all tables in schema public to {}").format(sql.Identifier(name)))
+        url = database_url.replace("postgres:@", f"{name}:@")
+        done = subprocess.run([sys.executable, "-m", "core.cli", "status", "--database-url", url],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "row-level security hides its rows" in done.stderr and "BYPASSRLS" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        db.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))

@@ -49,6 +49,20 @@ def migrations() -> list[Migration]:
     return found
 
 
+_HIDDEN = """
+select c.relrowsecurity and not pg_has_role(c.relowner, 'USAGE') and not r.rolbypassrls and not r.rolsuper
+  from pg_class c, pg_roles r
+ where c.oid = to_regclass('schema_migrations') and r.rolname = current_user
+"""
+
+
+def _rows_hidden(conn: psycopg.Connection[Any]) -> bool:
+    """Whether row-level security hides schema_migrations' rows from this role: it would then take
+    every migration for unapplied and fail on the first DDL with a misleading error."""
+    row = conn.execute(_HIDDEN).fetchone()
+    return bool(row and row[0])
+
+
 def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     """Apply the migrations this database lacks; returns the names applied (empty if none).
 
@@ -56,6 +70,10 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     """
     applied_now: list[str] = []
     with conn.transaction():
+        if _rows_hidden(conn):
+            raise RuntimeError(
+                "this role cannot read schema_migrations (row-level security hides its rows): connect as the "
+                "tables' owner, or a role with BYPASSRLS such as Supabase's service_role")
         conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(
             """
