@@ -29,7 +29,6 @@ from core.cli_search import search
 from core.records import DEFAULT_COLLECTION
 from core.console import (IndexBars, Reading, err, fail, out, print_hits, print_index_report, print_summary,
                           print_table, stopped_by, tracked)
-from core.errors import ProviderFatalError
 from core.redact import scrub
 
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
