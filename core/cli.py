@@ -27,8 +27,9 @@ from core.cli_dry_run import dry_run_report, sync_dry_run
 from core.cli_watch import watch
 from core.cli_search import search
 from core.records import DEFAULT_COLLECTION
-from core.console import (IndexBars, Reading, err, fail, out, print_hits, print_index_report, print_summary,
+from core.console import (Reading, err, fail, out, print_hits, print_index_report, print_summary,
                           print_table, stopped_by, tracked)
+from core.progress_bars import IndexBars
 from core.redact import scrub
 
 # Questions whose answer is a known part of the language reference (pydoc topic), best hit first.
@@ -155,7 +156,7 @@ def ingest(
             run_batch(lambda progress: store.batch_ingest(sections, service, options=batch.options, limits=batch.limits,
                                                           collection=name, prune=scope, on_progress=progress),
                       service, reading, json_out, "the same command", verbose)
-        with IndexBars(json_out) as bars:
+        with IndexBars(json_out, err) as bars:
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars),
                                       service, lambda: source.count + reading.stored - reading.read, reading,
@@ -268,7 +269,7 @@ def index(
     with open_store(database_url) as store:
         started = time.perf_counter()
         try:
-            with IndexBars(json_out) as bars:
+            with IndexBars(json_out, err) as bars:
                 report = store.update_indexes(model, on_progress=bars)
         except (psycopg.Error, PoolTimeout) as error:
             fail(f"{stopped_by(error)} — the HNSW index of {model} was not built; every vector is stored and "

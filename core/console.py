@@ -1,4 +1,4 @@
-"""What the ``sections`` command prints: errors, the progress bar, summaries, hits, status.
+"""What the ``sections`` command prints: errors, a run behind its progress bar, summaries, hits, status.
 
 Kept apart from the commands (``core.cli``) so each command reads as what it does. Everything that
 reaches the terminal passes ``core.redact`` first: no API key, no database password, whatever the
@@ -21,13 +21,12 @@ import typer
 from psycopg_pool import PoolTimeout
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
 from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
+from core.progress_bars import IndexBars, RecentRate, progress_bar
 from core.redact import mask_secrets, scrub
 from core.usage import estimate_cost_usd
 
@@ -58,47 +57,6 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def progress_bar(quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>7.1f} sections/s"), TextColumn("{task.fields[tokens]:>10,} tokens"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err, disable=quiet, transient=False,
-    )
-
-
-class IndexBars:
-    """The progress of index builds (``IndexProgress`` events, from any thread): one bar per index,
-    shown from the first event, so a run that builds nothing shows nothing. ``before`` runs first:
-    an ingest's own bar stops there (one live display at a time)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.before: Callable[[], None] | None = None
-        self.bar: Progress | None = None
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, event: Any) -> None:
-        if self.bar is None:
-            if self.before is not None:
-                self.before()
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=err, disable=self.quiet)
-            self.bar.start()
-        if event.name not in self.tasks:
-            self.tasks[event.name] = self.bar.add_task(f"index {event.dimensions:,} dims", total=event.total,
-                                                       phase=event.phase)
-        self.bar.update(self.tasks[event.name], completed=event.done, phase=event.phase)
-
-    def __enter__(self) -> IndexBars:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any, total: Callable[[], int],
             reading: Reading, quiet: bool, label: str, again: str,
             release: Callable[[], None], index_bars: IndexBars | None = None) -> tuple[dict[str, Any], float]:
@@ -122,16 +80,18 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
         stopped = False
         failure: str | None = None
         partial: dict[str, Any] = {}
-        with progress_bar(quiet) as bar:
-            task = bar.add_task(label, total=total(), rate=0.0, tokens=0)
+        rate = RecentRate()
+        rate.add(0)
+        with progress_bar(quiet, rate, err) as bar:
+            task = bar.add_task(label, total=total(), tokens=0)
             if index_bars is not None:
                 index_bars.before = bar.stop
 
             def on_progress(counts: Any) -> None:
                 latest.update(success=counts["success"], failed=counts["failed"], skipped=counts["skipped"])
-                done = counts["success"] + counts["failed"] + counts["skipped"]
-                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"],
-                           rate=done / max(1e-9, time.perf_counter() - started))
+                done = counts["success"] + counts["failed"] + counts["skipped"] + counts["pending"]
+                rate.add(done)
+                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"])
 
             try:
                 result = run(on_progress)

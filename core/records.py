@@ -384,9 +384,15 @@ class BatchEmbeddings(TypedDict):
 
 
 class ProgressCounts(TypedDict):
-    """Where a run stands, as its progress callback sees it."""
+    """Where a run stands, as its progress callback sees it.
+
+    ``success``, ``failed`` and ``skipped`` are committed; ``pending`` are answers received and not
+    committed yet (a sync commits a whole claim at once), so a display that adds them moves as
+    requests complete. ``tokens`` is the provider's bill so far, the number the summary reports.
+    """
 
     success: int
     failed: int
     skipped: int
+    pending: int
     tokens: int

@@ -202,8 +202,8 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         left invalid and those of dimensions the model no longer stores. False: no index work. A
         failed build does not fail the run (every vector is stored; search is exact until an index
         exists): its one-line reason is ``index_error`` in the summary. ``on_progress`` gets
-        ``ProgressCounts`` (success, failed, skipped, tokens), from the writer thread too;
-        ``on_index_progress`` gets ``IndexProgress`` while an index builds.
+        ``ProgressCounts`` (success, failed, skipped, pending, tokens billed), from the writer
+        thread too; ``on_index_progress`` gets ``IndexProgress`` while an index builds.
         """
         settings = embedding_service.settings
         check_model(settings.model)

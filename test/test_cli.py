@@ -4,6 +4,8 @@ Embedding goes to the simulator over HTTP (``--base-url``); storage to a fresh d
 embedded Postgres. The simulator's ``/stats`` proves what was (or was not) sent.
 """
 import json
+import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -289,3 +291,18 @@ def test_a_typo_in_the_model_name_is_refused_before_anything_starts(tmp_path, mo
     assert "unknown model 'all-MiniLM-L6-v3'" in refused.stderr and "all-MiniLM-L6-v2" in refused.stderr
     assert "no OpenAI API key" not in refused.stderr and "cannot open" not in refused.stderr  # checked first
     assert "Traceback" not in refused.stderr
+
+
+def test_the_bar_shows_the_tokens_the_summary_bills(sim, database_url, tmp_path):
+    """Identical texts are sent (and billed) once: the bar's token count is the bill, as in the
+    summary, not the sum of the answers' counts."""
+    same = {"title": "Twin", "content": "The same words in two sections, sent once."}
+    lines = [{"id": f"twin-{i}", **same} for i in range(2)] + [{"id": "other", "title": "Other", "content": "Else."}]
+    path = tmp_path / "twins.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(path), *common(sim, database_url)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    bar_tokens = re.findall(r"([\d,]+) tokens", done.stderr)[-1]  # the bar's last frame
+    summary_tokens = re.search(r"tokens\s*│\s*([\d,]+)", done.stdout).group(1)
+    assert bar_tokens == summary_tokens == f"{sim.stats()['tokens']:,}"

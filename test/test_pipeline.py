@@ -197,11 +197,12 @@ def test_progress_reports_counts_as_the_run_goes():
     _ingest(backend, sections[50:], FakeStreamingEmbedder())
     seen = []
     result = _ingest(backend, sections, FakeStreamingEmbedder(), on_progress=seen.append)
-    assert len(seen) >= 3 and all(set(counts) == {"success", "failed", "skipped", "tokens"} for counts in seen)
+    assert len(seen) >= 3 and all(set(counts) == {"success", "failed", "skipped", "pending", "tokens"}
+                                  for counts in seen)
     assert [counts["success"] for counts in seen] == sorted(counts["success"] for counts in seen)
     assert seen[-1] == {"success": result["success_count"], "failed": result["failed_count"],
-                        "skipped": result["skipped_count"], "tokens": result["total_tokens"]}
-    assert seen[-1] == {"success": 49, "failed": 1, "skipped": 50, "tokens": seen[-1]["tokens"]}
+                        "skipped": result["skipped_count"], "pending": 0, "tokens": result["total_tokens"]}
+    assert seen[-1] == {"success": 49, "failed": 1, "skipped": 50, "pending": 0, "tokens": seen[-1]["tokens"]}
     assert seen[-1]["tokens"] > 0
 
 
@@ -220,9 +221,49 @@ def test_total_tokens_is_what_the_embedder_billed_during_the_run():
     sections = _sections(20)
     embedder = BillsRetries()
     embedder.usage.tokens = 1000  # billed before this run: not this run's
-    result = _ingest(backend, sections, embedder)
+    seen = []
+    result = _ingest(backend, sections, embedder, on_progress=seen.append)
     assert result["total_tokens"] == sum(len(_text(s).split()) for s in sections) + 7
     assert result["total_tokens"] == embedder.total_tokens - 1000
+    assert seen[-1]["tokens"] == result["total_tokens"]  # the bar shows the bill, not the answers' sum
+    assert [counts["tokens"] for counts in seen] == sorted(counts["tokens"] for counts in seen)
+
+
+class SlowAnswers(FakeStreamingEmbedder):
+    """Answers one text every ``pause`` seconds, as a slow provider's requests complete."""
+
+    pause = 0.02
+
+    def stream_embeddings(self, items):
+        for outcome in super().stream_embeddings(items):
+            time.sleep(self.pause)
+            yield outcome
+
+
+@pytest.mark.parametrize("run", ["ingest", "sync"])
+def test_progress_moves_as_answers_arrive_not_only_when_they_commit(run):
+    """A sync commits a whole claim at once and an ingest every write batch: the display must still
+    move as requests complete (at least every REPORT_INTERVAL_S while answers arrive)."""
+    backend = MemoryBackend()
+    sections = _sections(60)
+    seen = []
+
+    def record(counts):
+        seen.append((time.monotonic(), counts))
+
+    if run == "sync":
+        _stored(backend, sections)
+        result = sync(backend, SlowAnswers(), claim_batch=500, on_progress=record).summary
+    else:
+        result = _ingest(backend, sections, SlowAnswers(),
+                         IngestOptions(chunk_size=500, write_batch=1000, flush_interval=60), record)
+    assert result["success_count"] == 60
+    done = [c["success"] + c["failed"] + c["skipped"] + c["pending"] for _, c in seen]
+    assert done == sorted(done) and done[-1] == 60 and seen[-1][1]["pending"] == 0
+    moving = [(t, d) for (t, _), d in zip(seen, done) if 0 < d < 60]
+    assert len(moving) >= 5, done  # 60 answers over ~1.2 s: reported while they arrive
+    gaps = [b[0] - a[0] for a, b in zip(moving, moving[1:])]
+    assert max(gaps) < 1.0, gaps
 
 
 # -- sync --------------------------------------------------------------------------------------------

@@ -160,7 +160,6 @@ def _collect(context: BatchContext, job: JobRecord) -> None:
             written.add(FailureRow(item.section_id, f"{result.reason} (after {item.attempt} batch jobs)"))
     written.flush()
     context.run.batch_tokens += results.billed_tokens
-    context.run.tally.add_tokens(results.billed_tokens)
     _resend(context, job, again, isolate=False)
     _resend(context, job, isolate, isolate=True)
     context.store.close(job.id, results.billed_tokens)
@@ -207,4 +206,3 @@ def _embed_now(context: BatchContext, job: JobRecord, pending: list[tuple[Pendin
         written.flush()
         billed = context.embedder.total_tokens - billed_before
         context.run.sync_tokens += billed
-        context.run.tally.add_tokens(billed)

@@ -34,7 +34,6 @@ class BatchRun:
     """What one batch run did: the usual counts (``tally``) and the jobs', for the summary and the
     progress display."""
 
-    tally: Tally = field(default_factory=Tally)
     on_progress: BatchProgressCallback | None = None
     jobs_submitted: int = 0
     jobs_collected: int = 0
@@ -45,6 +44,10 @@ class BatchRun:
     changed: int = 0
     retried: int = 0
     cancelled: int = 0
+    tally: Tally = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tally = Tally(lambda: self.batch_tokens + self.sync_tokens)
 
     def report(self, phase: str, running: Iterable[JobRecord] = ()) -> None:
         if self.on_progress is None:

@@ -133,6 +133,7 @@ def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings
             continue
         backend.upsert_sections(rows, options.collection)
         split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
+        tally.answered(len(split.blank))  # before the writer can commit them
         for blank in split.blank:
             put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
         tally.skip(split.unchanged)
@@ -156,7 +157,8 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
 def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
             on_progress: ProgressCallback | None) -> tuple[Run, set[str]]:
     settings = embedder.settings
-    tally = Tally(on_progress)
+    billed_before = embedder.total_tokens
+    tally = Tally(lambda: embedder.total_tokens - billed_before, on_progress)
     writer = Writer(backend, settings, tally, batch_size=options.write_batch,
                     queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval)
     pending: dict[Hashable, Due] = {}
@@ -170,7 +172,6 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
                 pending[seq] = due
             yield seq, due.text
 
-    billed_before = embedder.total_tokens
     stopped: BaseException | None = None
     writer.start()
     stream: Iterator[EmbeddingOutcome] | None = None
@@ -179,8 +180,8 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
         for outcome in stream:
             with pending_lock:
                 due = pending.pop(outcome.key)
+            tally.answered()  # before the writer can commit it
             if outcome.ok:
-                tally.add_tokens(int(outcome.tokens or 0))
                 writer.put(VectorRow(due.section.id, outcome.vector, int(outcome.tokens or 0), due.digest))
             else:
                 writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED, due.digest))
@@ -196,7 +197,6 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
             except Exception:  # pragma: no cover - best effort
                 _log.debug("closing the embedding stream failed", exc_info=True)
         writer.close()  # flushes what arrived
-    tally.settle_tokens(embedder.total_tokens - billed_before)
     result = tally.result()
     failure = writer.error or stopped
     if writer.error is not None and stopped is not None and not isinstance(stopped, Exception):

@@ -44,8 +44,8 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
     settings = embedder.settings
     stopping = options.should_stop or (lambda: False)
     transient = 0
-    tally = Tally(on_progress)
     billed_before = embedder.total_tokens
+    tally = Tally(lambda: embedder.total_tokens - billed_before, on_progress)
     after: str | None = None
     claimed_total = 0
     while (limit is None or claimed_total < limit) and not stopping():
@@ -64,12 +64,12 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
                 result = claim.write(successes, failures)
         except BaseException as error:  # the claim's writes were undone: nothing of it is counted
             interrupt = stopped if stopped is not None and not isinstance(stopped, Exception) else None
-            _stop(interrupt or error, tally, embedder, billed_before)  # KeyboardInterrupt & co. win
+            tally.discard_pending()
+            _stop(interrupt or error, tally)  # KeyboardInterrupt & co. win
         # committed
         tally.add_batch(successes, failures, result)
         if stopped is not None:
-            _stop(stopped, tally, embedder, billed_before)
-    tally.settle_tokens(embedder.total_tokens - billed_before)
+            _stop(stopped, tally)
     return Run(tally.result(), set(tally.dimensions), transient=transient)
 
 
@@ -89,17 +89,18 @@ def _embed(sections: list[Section], embedder: Embedder, tally: Tally) -> Embedde
     Outcomes already delivered are never dropped: they are paid for."""
     split = split_current(sections, embedder.settings, NOTHING_STORED)
     done = Embedded([], [FailureRow(s.id, EMPTY_CONTENT, fingerprint(s, embedder.settings)) for s in split.blank], [], None)
+    tally.answered(len(done.failures))
     due: dict[Hashable, Due] = dict(enumerate(split.due))
     stream = iter(embedder.stream_embeddings((key, item.text) for key, item in due.items())) if due else iter(())
     try:
         for outcome in stream:
             item = due[outcome.key]
             if outcome.ok:
-                tally.add_tokens(int(outcome.tokens or 0))
                 done.successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0), item.digest))
             else:
                 failed = FailureRow(item.section.id, outcome.error or NOT_EMBEDDED, item.digest)
                 (done.transient if outcome.transient else done.failures).append(failed)
+            tally.answered()
     except BaseException as error:
         return done._replace(stopped=error)
     finally:
@@ -109,7 +110,6 @@ def _embed(sections: list[Section], embedder: Embedder, tally: Tally) -> Embedde
     return done
 
 
-def _stop(error: BaseException, tally: Tally, embedder: Embedder, billed_before: int) -> NoReturn:
-    tally.settle_tokens(embedder.total_tokens - billed_before)
+def _stop(error: BaseException, tally: Tally) -> NoReturn:
     attach_result(error, tally.result())
     raise error
