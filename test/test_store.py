@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from core.errors import ProviderFatalError
-from core.postgres.schema import apply_migrations, migrations
+from core.postgres.schema import MIGRATION_LOCK_KEY, apply_migrations, migrations
 from core.supabase_store import SupabaseStore, content_hash, index_name, section_text
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
 from fixtures_db import nested_plans
@@ -72,6 +72,16 @@ def test_migrations_apply_once_and_are_idempotent(embedded_pg):
             assert conn.execute("select to_regprocedure('match_sections(vector,integer,text,jsonb,text,text[])')").fetchone()[0]
     finally:
         _drop_db(embedded_pg, name)
+
+
+def test_an_up_to_date_database_is_checked_without_the_migration_lock(database_url):
+    """Every start checks the schema: on an up-to-date database that must not queue behind a
+    process that holds the migration lock (nor take it, nor run DDL)."""
+    with psycopg.connect(database_url, autocommit=True) as holder, \
+            psycopg.connect(database_url, autocommit=True) as conn:
+        holder.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute("set lock_timeout = '2s'")  # waiting for the lock would fail here
+        assert apply_migrations(conn) == []
 
 
 def test_migrations_are_safe_when_processes_start_at_once(embedded_pg):

@@ -1,9 +1,12 @@
 """SQL migrations: ``NNN_name.sql`` files in this package, applied in order, each once.
 
-``apply_migrations(conn)`` runs in one transaction that first takes a transaction-scoped advisory
-lock, so two processes starting at once serialise: the second waits, then sees the first's rows in
-``schema_migrations`` and applies nothing. A migration that fails rolls back with everything else
-in that transaction; nothing is recorded for it.
+``apply_migrations(conn)`` first reads ``schema_migrations`` without a lock: when every shipped
+migration is recorded (every start but the first after an upgrade) that is all it does, so a
+start takes no lock and runs no DDL, and many workers starting at once do not queue. Otherwise it
+runs in one transaction that first takes a transaction-scoped advisory lock, so two processes
+migrating at once serialise: the second waits, then sees the first's rows in ``schema_migrations``
+and applies nothing. A migration that fails rolls back with everything else in that transaction;
+nothing is recorded for it.
 """
 from __future__ import annotations
 
@@ -63,11 +66,38 @@ def _rows_hidden(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
+def _recorded(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """{version: checksum} of the migrations this database has applied."""
+    return {row[0]: row[1] for row in conn.execute("select version, checksum from schema_migrations")}
+
+
+def _up_to_date(conn: psycopg.Connection[Any], shipped: list[Migration]) -> bool:
+    """Whether every shipped migration is recorded, read without the lock (migrations are only
+    ever added, so a yes cannot turn into a no; a no is decided again under the lock)."""
+    with conn.transaction():
+        row = conn.execute("select to_regclass('schema_migrations') is not null").fetchone()
+        done = _recorded(conn) if row and row[0] else {}
+    for migration in shipped:
+        if migration.version not in done:
+            return False
+        _warn_if_changed(migration, done[migration.version])
+    return True
+
+
+def _warn_if_changed(migration: Migration, checksum: str) -> None:
+    if checksum != migration.checksum:
+        _log.warning("migration %s changed since it was applied; applied migrations are never re-run: "
+                     "put changes in a new file", migration.name)
+
+
 def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
     """Apply the migrations this database lacks; returns the names applied (empty if none).
 
     ``conn`` is a psycopg 3 connection, idle (not inside a transaction).
     """
+    shipped = migrations()
+    if _up_to_date(conn, shipped):
+        return []
     applied_now: list[str] = []
     with conn.transaction():
         if _rows_hidden(conn):
@@ -85,14 +115,10 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[str]:
             )
             """
         )
-        done = {row[0]: row[1] for row in conn.execute("select version, checksum from schema_migrations")}
-        for migration in migrations():
+        done = _recorded(conn)
+        for migration in shipped:
             if migration.version in done:
-                if done[migration.version] != migration.checksum:
-                    _log.warning(
-                        "migration %s changed since it was applied; applied migrations are never re-run: "
-                        "put changes in a new file", migration.name
-                    )
+                _warn_if_changed(migration, done[migration.version])
                 continue
             _log.info("applying migration %s", migration.name)
             conn.execute(migration.sql)  # no parameters: simple query protocol, several statements
