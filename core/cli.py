@@ -20,7 +20,7 @@ import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
                              Dimensions, JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection,
-                             open_store)
+                             open_store, refuse_unknown_model)
 from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from core.cli_lifecycle import delete, drop_model, source_scope
 from core.cli_dry_run import dry_run_report, sync_dry_run
@@ -139,17 +139,17 @@ def ingest(
             err.print(f"skipped: {problem}", markup=False)
     if source.count == 0:
         fail(nothing_read(paths, source))
-    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                            long_input=long_input)
-    reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)
-    sections = chunked_source(source, service, chunk_tokens, chunk_overlap, reading)
+    refuse_unknown_model(model, base_url, provider)
     scope = source_scope(paths, name) if prune else None
     if scope is not None and source.problem_count:
         err.print(f"--prune skipped: {source.problem_count} input record(s) were invalid, and the sections they "
                   "held would have been pruned; fix them and run again", markup=False)
         scope = None
-    store = open_store(database_url)
-    with store:
+    with open_store(database_url) as store:
+        service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
+                                long_input=long_input)
+        reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)
+        sections = chunked_source(source, service, chunk_tokens, chunk_overlap, reading)
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
         if batch is not None:
@@ -235,8 +235,9 @@ def sync(
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
     batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
-    service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
+    refuse_unknown_model(model, base_url, provider)
     with open_store(database_url) as store:
+        service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
         if dry_run:
             return sync_dry_run(store, service, name, json_out)
         if batch is not None:
@@ -286,9 +287,10 @@ def demo(
     from core.sample_corpus import pydoc_sections
 
     sections = pydoc_sections()
-    service = build_service(model, None, None, None)
+    refuse_unknown_model(model, None, None)
     reading = Reading(read=len(sections), stored=len(sections))
     with open_store(database_url) as store:
+        service = build_service(model, None, None, None)
         result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                 collection=DEMO_COLLECTION),
                                   service, lambda: len(sections), reading, False, "demo", "the demo", store.close)

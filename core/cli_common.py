@@ -49,8 +49,20 @@ class Commands(typer.Typer):
         return decorator
 
 
+def refuse_unknown_model(model: str, base_url: Optional[str], provider: Optional[str]) -> None:
+    """Refuse a model name nobody serves before anything starts: no database opened, nothing loaded."""
+    from core.providers import resolve_kind, server_url
+
+    try:
+        resolve_kind(model, server_url(base_url), provider)
+    except ValueError as error:
+        fail(str(error))
+
+
 def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],
                   **options: Any):
+    """The embedding service; a local model loads here (seconds: torch), so commands open the
+    database first and a database that cannot be reached is reported before any model loads."""
     from core.embedding_service import EmbeddingService
 
     try:

@@ -8,12 +8,15 @@ they say; a string that looks like JSON is quoted (``--filter 'version="3"'``).
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, List, Optional
 
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, DatabaseUrl, Dimensions, JsonOut,
-                             Model, Provider, build_service, chosen_collection, open_store)
+                             Model, Provider, build_service, chosen_collection, open_store,
+                             refuse_unknown_model)
 from core.cli_lifecycle import source_scope
 from core.console import fail, out, print_hits
 from core.errors import ProviderFatalError
@@ -44,7 +47,9 @@ def metadata_filter(items: List[str]) -> dict[str, Any]:
 
 
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for.")],
+    query: Annotated[str, typer.Argument(
+        help="What to look for; - reads one query a line from stdin and answers each as it comes, "
+             "with the model loaded once.")],
     k: Annotated[int, typer.Option("-k", help="How many hits.")] = 10,
     model: Model = DEFAULT_MODEL,
     database_url: DatabaseUrl = None,
@@ -74,22 +79,43 @@ def search(
     where = SearchFilter(metadata_filter(filters or []), scope.files + scope.folders if scope else ())
     if problem := where.problem():
         fail(f"--filter: {problem}")
-    service = build_service(model, base_url, provider, dimensions)
+    refuse_unknown_model(model, base_url, provider)
     with open_store(database_url) as store:
-        try:
-            hits = store.search(query, service, k=k, group=group, collection=name, filter=where, hybrid=hybrid,
-                                full=full)
-        except ProviderFatalError as error:
-            fail(str(error))
-    if json_out:
+        service = build_service(model, base_url, provider, dimensions)
+        for each in ([query] if query != "-" else stdin_queries()):
+            try:
+                hits = store.search(each, service, k=k, group=group, collection=name, filter=where, hybrid=hybrid,
+                                    full=full)
+            except ProviderFatalError as error:
+                fail(str(error))
+            show_hits(each, hits, service.model, json_out, lines=query == "-",
+                      unmatched=bool(filters or sources), collection=name)
+
+
+def stdin_queries() -> Iterator[str]:
+    """Queries from stdin, one a line, each handed on as soon as its line is in (blank lines
+    skipped): a program can keep the pipe open and ask as it goes, the model staying loaded."""
+    for line in iter(sys.stdin.readline, ""):
+        if line.strip():
+            yield line.strip()
+
+
+def show_hits(query: str, hits: list[dict[str, Any]], model: str, json_out: bool, *, lines: bool, unmatched: bool,
+              collection: Optional[str]) -> None:
+    """One query's hits: a table, or JSON (one line per query when queries come from stdin);
+    ``unmatched``: a filter was given, so no hits means nothing passed it."""
+    if json_out and lines:
+        sys.stdout.write(json.dumps({"query": query, "hits": hits}) + "\n")
+        sys.stdout.flush()
+    elif json_out:
         out.print_json(json.dumps(hits))
     elif hits:
         print_hits(query, hits)
-    elif filters or sources:
-        out.print("no section " + (f"of collection {name!r} " if name is not None else "") + "passes "
+    elif unmatched:
+        out.print("no section " + (f"of collection {collection!r} " if collection is not None else "") + "passes "
                   "--filter/--source", markup=False)
     else:
-        where_ = f" in collection {name!r}" if name is not None else ""
-        out.print(f"no sections embedded with {service.model}{where_} yet: run `sections ingest PATH "
-                  f"--model {service.model}" + (f" --collection {name}`" if name not in (None, DEFAULT_COLLECTION) else "`"),
+        where = f" in collection {collection!r}" if collection is not None else ""
+        out.print(f"no sections embedded with {model}{where} yet: run `sections ingest PATH --model {model}"
+                  + (f" --collection {collection}`" if collection not in (None, DEFAULT_COLLECTION) else "`"),
                   markup=False)

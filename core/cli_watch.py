@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store)
+                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store,
+                             refuse_unknown_model)
 from core.console import err, fail, out, stopped_by
 from core.errors import Interrupted, ProviderFatalError
 from core.interrupts import Signals, leave
@@ -55,6 +56,7 @@ def watch(
     name = chosen_collection(collection, all_collections)
     if poll_interval <= 0 or max_attempts < 1 or retry_delay < 0:
         fail("--poll-interval must be positive, --max-attempts at least 1, --retry-delay not negative")
+    refuse_unknown_model(model, base_url, provider)
     store = open_store(database_url)  # the database first: a refused URL is reported before any model loads
     service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm)
     service.stop_grace_s = STOP_GRACE_S  # a stopping watcher waits longer for what is paid for

@@ -9,7 +9,6 @@ The client is built as ``OpenAI(...)``, a name imported at module level, so
 """
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
@@ -23,28 +22,18 @@ from core.batching import Limits
 from core.cache import VectorCache
 from core.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy
 from core.errors import ProviderFatalError
-from core.providers import build_provider, choose_provider, parse_kind
+from core.providers import build_provider, choose_provider, resolve_kind, server_url
 from core.providers.base import ProviderKind, ProviderOptions
 from core.ratelimit import RateLimiter
 from core.records import BatchEmbeddings, EmbeddingOutcome, EmbeddingSettings
 from core.redact import mask_url
 from core.tokens import LongInputPolicy
-from core.usage import PRICE_PER_MILLION_TOKENS, Usage
+from core.usage import Usage
 
 if TYPE_CHECKING:
     from core.batch_embedder import BatchEmbedder
 
 __all__ = ["EmbeddingService", "EmbeddingOutcome", "ProviderFatalError", "choose_provider"]
-
-
-OPENAI_MODELS = tuple(PRICE_PER_MILLION_TOKENS)  # the embedding models OpenAI serves
-
-
-def _unknown_model(model: str) -> str:
-    """A typo'd name must not be sent to OpenAI (and billed there, or reported as a missing key)."""
-    return (f"unknown model {model!r}: use {', '.join(OPENAI_MODELS)} (OpenAI, needs OPENAI_API_KEY), "
-            "all-MiniLM-L6-v2 or a folder holding a sentence-transformers model (local), or give "
-            "--provider openai / --base-url for a model another OpenAI-compatible server knows")
 
 
 def _validate_texts(texts: Any) -> None:
@@ -89,10 +78,8 @@ class EmbeddingService:
         policy = LongInputPolicy.parse(long_input)
         if dimensions is not None and dimensions < 1:
             raise ValueError("dimensions must be positive")
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        kind = parse_kind(provider) if provider else choose_provider(model, base_url)
-        if provider is None and base_url is None and kind is ProviderKind.OPENAI and model not in OPENAI_MODELS:
-            raise ValueError(_unknown_model(model))
+        base_url = server_url(base_url)
+        kind = resolve_kind(model, base_url, provider)
         built = build_provider(kind, ProviderOptions(
             model=model, client_factory=OpenAI, api_key=api_key, base_url=base_url, dimensions=dimensions,
             timeout=timeout, encoding_format=encoding_format))
