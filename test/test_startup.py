@@ -116,3 +116,18 @@ def test_repeated_searches_with_the_local_model_load_it_once(database_url, small
     assert [(a["query"], a["hits"][0]["id"]) for a in answers] == list(zip(queries, ["tea", "bike", "tax"]))
     tables = _cli("search", "-", "-k", "1", "--database-url", database_url, stdin="\n".join(queries[:2]) + "\n")
     assert tables.returncode == 0 and tables.stdout.count("“") == 2  # a table per query, titled with it
+
+
+def test_a_query_is_sent_on_its_bound_and_counted_by_its_bill(sim):
+    """Loading the tokenizer's ranks costs ~0.2 s of a start: a query that fits by its byte bound
+    is sent without a count, and its count is what the server billed for it (exactly the same)."""
+    from core.tokens import TiktokenTokenizer
+
+    query = "how do I rotate the logs every night"
+    script = ("import sys; from core.embedding_service import EmbeddingService; from core.tokens import _encoding; "
+              "service = EmbeddingService(model='text-embedding-3-small', base_url=sys.argv[1]); "
+              "service.generate_embedding(sys.argv[2]); print(_encoding.cache_info().currsize, service.total_tokens)")
+    done = subprocess.run([sys.executable, "-c", script, sim.base_url, query], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", str(TiktokenTokenizer().count(query))]
