@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import correctness, local, retrieval, scale, search, w1, w2, workers, write
+from bench import correctness, local, retrieval, scale, search, startup, w1, w2, workers, write
 from bench.players import require_peers
 from bench.plot import draw
 from bench.report import (
@@ -31,9 +31,9 @@ from bench.report import (
 )
 
 SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "local": local, "scale": scale,
-             "retrieval": retrieval, "search": search, "workers": workers}
+             "retrieval": retrieval, "search": search, "workers": workers, "startup": startup}
 # What a scenario runs on beyond the common packages, so its table names their versions.
-EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "retrieval": retrieval.PACKAGES}
+EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "retrieval": retrieval.PACKAGES, "startup": LOCAL_PACKAGES}
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 

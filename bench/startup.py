@@ -1,0 +1,111 @@
+"""Start-up: what one ``sections search`` costs from a cold process, and what repeated ones cost.
+
+Every row is the command a user runs, as a fresh subprocess timed from launch to exit (or, for
+``search -``, to each answer), against the embedded Postgres holding the same sections embedded
+with both models:
+  - ``import core.cli``: the floor every command pays (Python, typer, rich, psycopg);
+  - ``sections search`` with an OpenAI-compatible model (the simulator, no latency): the SDK's
+    import is most of it; torch is never imported;
+  - ``sections search`` with the local model: torch and sentence-transformers are imported and
+    the model loaded, for one query;
+  - ``sections search -`` with the local model: the same load once, then one query a line;
+  - a refused ``--database-url`` with the local model: reported before any model loads.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.players import API_KEY, fresh_database
+from bench.report import Result, median, spread
+from core.embedding_service import EmbeddingService
+from core.postgres.embedded import EmbeddedPostgres
+from core.sample_corpus import stdlib_sections
+from core.simulator import SimulatorProcess
+from core.supabase_store import SupabaseStore
+
+QUERIES = ["read a file line by line", "sort a list by a key", "parse a date from a string",
+           "run a command in a subprocess", "join paths on any platform", "format a number with commas",
+           "compress a folder into an archive", "wait for threads to finish", "send an email message",
+           "match text with a regular expression"]
+REFUSED = "postgresql://u:pw@127.0.0.1:1/none"
+
+
+def _timed(args: list[str], stdin: str | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - started
+    assert done.returncode == (1 if REFUSED in args else 0), done.stderr[-2000:]
+    return seconds
+
+
+def _answers(args: list[str], queries: list[str]) -> tuple[float, list[float]]:
+    """``sections search -``: seconds to the first answer, then each further query's own seconds,
+    each written only once the one before is answered (a program using it as a warm worker)."""
+    started = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "core.cli", "search", "-", *args, "--json"], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert worker.stdin is not None and worker.stdout is not None
+    moments = [started]
+    for query in queries:
+        worker.stdin.write(query + "\n")
+        worker.stdin.flush()
+        assert json.loads(worker.stdout.readline())["hits"], query
+        moments.append(time.perf_counter())
+    worker.stdin.close()
+    assert worker.wait(timeout=60) == 0
+    return moments[1] - moments[0], [b - a for a, b in zip(moments[1:], moments[2:])]
+
+
+def run(quick: bool = False) -> Result:
+    sections, repeats = (20, 1) if quick else (200, 5)
+    corpus = stdlib_sections(sections, tokens_per_section=200)
+    with SimulatorProcess() as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
+        url = fresh_database(pg, "startup")
+        with SupabaseStore(url) as store:
+            for service in (EmbeddingService(api_key=API_KEY, base_url=sim.base_url, model="text-embedding-3-small"),
+                            EmbeddingService(model="all-MiniLM-L6-v2")):
+                with service:
+                    assert store.ingest(corpus, service)["failed_count"] == 0
+        remote = ["--model", "text-embedding-3-small", "--base-url", sim.base_url, "--database-url", url]
+        local = ["--database-url", url]
+        times: dict[str, list[float]] = {"floor": [], "remote": [], "local": [], "refused": [], "first": [], "each": []}
+        for i in range(repeats):  # interleaved, so the neighbours' load hits every row alike
+            query = QUERIES[i % len(QUERIES)]
+            times["floor"].append(_timed(["-c", "import core.cli"]))
+            times["remote"].append(_timed(["-m", "core.cli", "search", query, *remote, "--json"]))
+            times["refused"].append(_timed(["-m", "core.cli", "search", query, "--database-url", REFUSED]))
+            if i < max(1, repeats // 2):  # seconds each: a few repeats say enough
+                if not quick:  # what `search -` pays first, once more: --quick checks the harness only
+                    times["local"].append(_timed(["-m", "core.cli", "search", query, *local, "--json"]))
+                first, each = _answers(local, QUERIES[:3] if quick else QUERIES)
+                times["first"].append(first)
+                times["each"] += each
+    rows = [
+        ["python -c 'import core.cli' (the floor of every command)", times["floor"]],
+        ["sections search, OpenAI-compatible model (simulator)", times["remote"]],
+        ["sections search, local model, a fresh process", times["local"]],
+        ["sections search -, local model: first answer", times["first"]],
+        ["sections search -, local model: each further query", times["each"]],
+        ["sections search, local model, refused --database-url", times["refused"]],
+    ]
+    remote_s, each_s = median(times["remote"]), median(times["each"])
+    local_s = median(times["local"] or times["first"])
+    return Result(
+        key="startup",
+        title="Start-up: one search from a cold process, and repeated searches",
+        conditions=(f"Each row a fresh subprocess timed from launch to exit (`search -`: to each answer, "
+                    f"the next query written once the last is answered), {sections} sections embedded with "
+                    "both models in the embedded Postgres, the simulator without latency; rows interleaved, "
+                    f"{repeats} repeats (the local rows {max(1, repeats // 2)}), median and min–max."),
+        header=["command", "seconds (median)", "spread", "runs"],
+        rows=[[name, f"{median(values):.3f}", spread(values), len(values)] for name, values in rows if values],
+        verdict=(f"A search with an OpenAI-compatible model takes {remote_s:.2f} s from launch to exit; one with "
+                 f"the local model {local_s:.1f} s, nearly all of it importing torch and loading the model, "
+                 f"which `sections search -` pays once: each further query then takes {1000 * each_s:.0f} ms."),
+        plot={"seconds": {name: median(values) for name, values in rows if values}},
+        plot_log=True,
+    )
