@@ -63,7 +63,16 @@ def build_service(model: str, base_url: Optional[str], provider: Optional[str], 
                   **options: Any):
     """The embedding service; a local model loads here (seconds: torch), so commands open the
     database first and a database that cannot be reached is reported before any model loads."""
-    from core.embedding_service import EmbeddingService
+    # The openai SDK imports aiohttp when it can (~0.15 s, a sixth of a search) only to offer an
+    # async transport this command never uses: hidden while the SDK loads, it goes without.
+    hide = "openai" not in sys.modules and "aiohttp" not in sys.modules
+    if hide:
+        sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import aiohttp -> ImportError
+    try:
+        from core.embedding_service import EmbeddingService
+    finally:
+        if hide:
+            del sys.modules["aiohttp"]
 
     try:
         return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,

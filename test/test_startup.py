@@ -8,6 +8,7 @@ what makes them: which modules a run imports, and what it does in which order.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,7 @@ def test_a_search_with_an_openai_compatible_model_never_imports_torch(sim, datab
     assert json.loads(found.stdout)[0]["id"] == "bike"
     imported = _imported(found.stderr)
     assert "openai" in imported and not imported & set(HEAVY), imported & set(HEAVY)
+    assert not re.search(r"\|\s+aiohttp\.", found.stderr)  # the SDK's async transport: never used here, not loaded
 
 
 @pytest.mark.parametrize("command", [["search", "anything"], ["ingest", "FILE"], ["sync"], ["demo"]])
