@@ -1,7 +1,7 @@
 """Start-up: what one ``sections search`` costs from a cold process, and what repeated ones cost.
 
 Every row is the command a user runs, as a fresh subprocess timed from launch to exit (or, for
-``search -``, to each answer), against the embedded Postgres holding the same sections embedded
+``search -``, to each answer), with the CPU seconds it used beside the wall time, against the embedded Postgres holding the same sections embedded
 with both models:
   - ``import core.cli``: the floor every command pays (Python, typer, rich, psycopg);
   - ``sections search`` with an OpenAI-compatible model (the simulator, no latency): the SDK's
@@ -14,10 +14,12 @@ with both models:
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from bench.players import API_KEY, fresh_database
 from bench.report import Result, median, spread
@@ -34,12 +36,19 @@ QUERIES = ["read a file line by line", "sort a list by a key", "parse a date fro
 REFUSED = "postgresql://u:pw@127.0.0.1:1/none"
 
 
-def _timed(args: list[str], stdin: str | None = None) -> float:
+class Timed(NamedTuple):
+    wall: float  # launch to exit: what a user waits, neighbours' load included
+    cpu: float  # user + system seconds of the process: what the command itself costs
+
+
+def _timed(args: list[str]) -> Timed:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == (1 if REFUSED in args else 0), done.stderr[-2000:]
-    return seconds
+    return Timed(seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
 def _answers(args: list[str], queries: list[str]) -> tuple[float, list[float]]:
@@ -72,7 +81,8 @@ def run(quick: bool = False) -> Result:
                     assert store.ingest(corpus, service)["failed_count"] == 0
         remote = ["--model", "text-embedding-3-small", "--base-url", sim.base_url, "--database-url", url]
         local = ["--database-url", url]
-        times: dict[str, list[float]] = {"floor": [], "remote": [], "local": [], "refused": [], "first": [], "each": []}
+        times: dict[str, list[Timed]] = {"floor": [], "remote": [], "local": [], "refused": []}
+        answers: dict[str, list[float]] = {"first": [], "each": []}
         for i in range(repeats):  # interleaved, so the neighbours' load hits every row alike
             query = QUERIES[i % len(QUERIES)]
             times["floor"].append(_timed(["-c", "import core.cli"]))
@@ -82,30 +92,37 @@ def run(quick: bool = False) -> Result:
                 if not quick:  # what `search -` pays first, once more: --quick checks the harness only
                     times["local"].append(_timed(["-m", "core.cli", "search", query, *local, "--json"]))
                 first, each = _answers(local, QUERIES[:3] if quick else QUERIES)
-                times["first"].append(first)
-                times["each"] += each
-    rows = [
-        ["python -c 'import core.cli' (the floor of every command)", times["floor"]],
-        ["sections search, OpenAI-compatible model (simulator)", times["remote"]],
-        ["sections search, local model, a fresh process", times["local"]],
-        ["sections search -, local model: first answer", times["first"]],
-        ["sections search -, local model: each further query", times["each"]],
-        ["sections search, local model, refused --database-url", times["refused"]],
+                answers["first"].append(first)
+                answers["each"] += each
+    commands = [
+        ("python -c 'import core.cli' (the floor of every command)", times["floor"]),
+        ("sections search, OpenAI-compatible model (simulator)", times["remote"]),
+        ("sections search, local model, a fresh process", times["local"]),
+        ("sections search, local model, refused --database-url", times["refused"]),
     ]
-    remote_s, each_s = median(times["remote"]), median(times["each"])
-    local_s = median(times["local"] or times["first"])
+    rows = [[name, f"{median([t.wall for t in runs]):.3f}", spread([t.wall for t in runs]),
+             f"{median([t.cpu for t in runs]):.3f}", len(runs)] for name, runs in commands if runs]
+    rows += [["sections search -, local model: first answer", f"{median(answers['first']):.3f}",
+              spread(answers["first"]), "-", len(answers["first"])],
+             ["sections search -, local model: each further query", f"{median(answers['each']):.3f}",
+              spread(answers["each"]), "-", len(answers["each"])]]
+    remote, each_s = times["remote"], median(answers["each"])
+    local_s = median([t.wall for t in times["local"]] or answers["first"])
     return Result(
         key="startup",
         title="Start-up: one search from a cold process, and repeated searches",
         conditions=(f"Each row a fresh subprocess timed from launch to exit (`search -`: to each answer, "
                     f"the next query written once the last is answered), {sections} sections embedded with "
                     "both models in the embedded Postgres, the simulator without latency; rows interleaved, "
-                    f"{repeats} repeats (the local rows {max(1, repeats // 2)}), median and min–max."),
-        header=["command", "seconds (median)", "spread", "runs"],
-        rows=[[name, f"{median(values):.3f}", spread(values), len(values)] for name, values in rows if values],
-        verdict=(f"A search with an OpenAI-compatible model takes {remote_s:.2f} s from launch to exit; one with "
-                 f"the local model {local_s:.1f} s, nearly all of it importing torch and loading the model, "
-                 f"which `sections search -` pays once: each further query then takes {1000 * each_s:.0f} ms."),
-        plot={"seconds": {name: median(values) for name, values in rows if values}},
+                    f"{repeats} repeats (the local rows {max(1, repeats // 2)}), median and min–max. CPU seconds: "
+                    "user + system time of the command's own process, which neighbours' load changes far less "
+                    "than the wall time on a shared machine."),
+        header=["command", "seconds (median)", "spread", "CPU seconds (median)", "runs"],
+        rows=rows,
+        verdict=(f"A search with an OpenAI-compatible model takes {median([t.wall for t in remote]):.2f} s from "
+                 f"launch to exit ({median([t.cpu for t in remote]):.2f} s of CPU); one with the local model "
+                 f"{local_s:.1f} s, nearly all of it importing torch and loading the model, which `sections search -` "
+                 f"pays once: each further query then takes {1000 * each_s:.0f} ms."),
+        plot={"seconds": {row[0]: float(row[1]) for row in rows}},
         plot_log=True,
     )
