@@ -12,20 +12,22 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import psycopg
 import typer
 from psycopg_pool import PoolTimeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.batch_records import BatchLimits, BatchProgress, JobRecord
 from core.cli_common import DatabaseUrl, JsonOut, build_service, open_store
 from core.console import Reading, err, fail, out, print_summary, print_table, stopped_by, summary_of
 from core.errors import ProviderError
-from core.pipeline.batch import BatchOptions
 from core.redact import scrub
 from core.usage import estimate_cost_usd
+
+if TYPE_CHECKING:  # imported when a batch runs: every command, a search too, loads this module
+    from core.batch_records import BatchLimits, BatchProgress, JobRecord
+    from core.pipeline.batch import BatchOptions
 
 __all__ = ["BatchApi", "BatchFlags", "BatchMaxBytes", "BatchMaxInputs", "Fallback", "NoWait", "batch_flags", "batches",
            "run_batch"]
@@ -60,6 +62,9 @@ def batch_flags(batch_api: bool, no_wait: bool, fallback: bool, max_inputs: Opti
             if given:
                 fail(f"{flag} needs --batch-api")
         return None
+    from core.batch_records import BatchLimits
+    from core.pipeline.batch import BatchOptions
+
     defaults = BatchLimits()
     try:
         limits = BatchLimits(defaults.max_requests, defaults.max_inputs if max_inputs is None else max_inputs,
@@ -169,6 +174,8 @@ def _row(job: JobRecord) -> dict[str, Any]:
 def _collect(store: Any, jobs: Iterable[JobRecord], wait: bool, fallback: bool, json_out: bool) -> int:
     """Collect the open jobs, one service per model, settings and endpoint (with ``json_out``, one
     JSON list of their summaries); the number of sections that failed."""
+    from core.pipeline.batch import BatchOptions
+
     groups = {(job.settings, job.endpoint): job for job in jobs}
     reports = []
     for settings, endpoint in groups:

@@ -6,7 +6,10 @@ small; nothing here parses arguments itself.
 """
 from __future__ import annotations
 
+import gc
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Optional
 
 import typer
@@ -49,6 +52,22 @@ class Commands(typer.Typer):
         return decorator
 
 
+@contextmanager
+def loading() -> Iterator[None]:
+    """Around imports that make tens of thousands of long-lived objects (the openai SDK's pydantic
+    classes, psycopg, torch): the collector would walk the growing heap again and again while they
+    load, so it waits, and what they made is frozen out of its reach for the rest of the process
+    (a run's own garbage is still collected)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def refuse_unknown_model(model: str, base_url: Optional[str], provider: Optional[str]) -> None:
     """Refuse a model name nobody serves before anything starts: no database opened, nothing loaded."""
     from core.providers import resolve_kind, server_url
@@ -69,20 +88,23 @@ def build_service(model: str, base_url: Optional[str], provider: Optional[str], 
     if hide:
         sys.modules["aiohttp"] = None  # type: ignore[assignment]  # import aiohttp -> ImportError
     try:
-        from core.embedding_service import EmbeddingService
+        with loading():
+            from core.embedding_service import EmbeddingService
     finally:
         if hide:
             del sys.modules["aiohttp"]
 
     try:
-        return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
+        with loading():  # a local model imports torch when it is built
+            return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
                                 **{k: v for k, v in options.items() if v is not None})
     except (ValueError, RuntimeError, OSError) as error:
         fail(str(error))
 
 
 def open_store(database_url: Optional[str]):
-    from core.supabase_store import SupabaseStore
+    with loading():
+        from core.supabase_store import SupabaseStore
 
     try:
         return SupabaseStore(database_url, connect_timeout=15)
