@@ -21,7 +21,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
-                             Dimensions, JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection,
+                             Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection,
                              open_store, refuse_unknown_model)
 from core.cli_batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from core.cli_lifecycle import delete, drop_model, source_scope
@@ -113,8 +113,9 @@ def ingest(
     provider: Provider = None,
     dimensions: Dimensions = None,
     concurrency: Concurrency = None,
-    rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
-    tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
+    own_budget: OwnBudget = False,
     long_input: Annotated[str, typer.Option(help="Inputs over the model's window: average, truncate or fail.")] = "average",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count tokens and estimate cost; call no API.")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Ingest the valid sections, report the rest.")] = False,
@@ -163,6 +164,8 @@ def ingest(
             run_batch(lambda progress: store.batch_ingest(sections, service, options=batch.options, limits=batch.limits,
                                                           collection=name, prune=scope, on_progress=progress),
                       service, reading, json_out, "the same command", verbose)
+        if not own_budget:
+            store.share_budget(service)
         with IndexBars(json_out, err) as bars:
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars),
@@ -229,8 +232,8 @@ def sync(
     collection: Collection = DEFAULT_COLLECTION,
     all_collections: AllCollections = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be embedded and its cost; call no API.")] = False,
-    rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget.")] = None,
-    tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget.")] = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
     own_budget: OwnBudget = False,
     batch_api: BatchApi = False,
     no_wait: NoWait = False,

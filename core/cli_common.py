@@ -30,12 +30,17 @@ BaseUrl = Annotated[Optional[str], typer.Option(
 Provider = Annotated[Optional[str], typer.Option("--provider", help="openai or local (default: from the model).")]
 Dimensions = Annotated[Optional[int], typer.Option("--dimensions", help="Shorter vectors (text-embedding-3 models).")]
 Concurrency = Annotated[Optional[int], typer.Option(help="Requests in flight (default: the provider's).")]
+Rpm = Annotated[Optional[float], typer.Option(help="Requests-per-minute budget (shared by every ingest, sync and "
+                                             "watch of the model and server unless --own-budget).")]
+Tpm = Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget (shared by every ingest, sync and "
+                                             "watch of the model and server unless --own-budget).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")]
 Collection = Annotated[str, typer.Option("--collection", "-c", help="The collection (a namespace of sections).")]
 AllCollections = Annotated[bool, typer.Option("--all-collections", help="Every collection, not just --collection.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 OwnBudget = Annotated[bool, typer.Option("--own-budget", help="Learn the rate limit alone instead of sharing one "
-                                         "budget with every sync/watch of this model and server (for separate keys).")]
+                                         "budget with every ingest, sync and watch of this model and server (for "
+                                         "separate keys).")]
 
 
 class Commands(typer.Typer):

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from core.cli_common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, OwnBudget, Provider, build_service, chosen_collection, open_store,
+                             JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection, open_store,
                              refuse_unknown_model)
 from core.console import err, fail, out, stopped_by
 from core.errors import Interrupted, ProviderFatalError
@@ -34,8 +34,8 @@ def watch(
     provider: Provider = None,
     dimensions: Dimensions = None,
     concurrency: Concurrency = None,
-    rpm: Annotated[Optional[float], typer.Option(help="Requests-per-minute budget (shared by every worker).")] = None,
-    tpm: Annotated[Optional[float], typer.Option(help="Tokens-per-minute budget (shared by every worker).")] = None,
+    rpm: Rpm = None,
+    tpm: Tpm = None,
     collection: Collection = DEFAULT_COLLECTION,
     all_collections: AllCollections = False,
     listen_url: Annotated[Optional[str], typer.Option(

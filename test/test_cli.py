@@ -306,3 +306,16 @@ def test_the_bar_shows_the_tokens_the_summary_bills(sim, database_url, tmp_path)
     bar_tokens = re.findall(r"([\d,]+) tokens", done.stderr)[-1]  # the bar's last frame
     summary_tokens = re.search(r"tokens\s*│\s*([\d,]+)", done.stdout).group(1)
     assert bar_tokens == summary_tokens == f"{sim.stats()['tokens']:,}"
+
+
+def test_ingest_draws_on_the_rate_budget_it_shares_unless_told_otherwise(sim, database_url, db, tmp_path):
+    """Concurrent ingests (and syncs, and watchers) of one model and server keep to one schedule in
+    the database, so they do not learn the limit from each other's 429s; --own-budget opts out."""
+    for name, flag in (("alone", ["--own-budget"]), ("shared", [])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"{name}-{i}", "content": f"{name} text {i}"}) + "\n"
+                                for i in range(5)), encoding="utf-8")
+        result = run("ingest", path, *common(sim, database_url), "--tpm", "1000000", *flag, "--json")
+        assert result.exit_code == 0, result.output
+        budgets = [row[0] for row in db.execute("select key from rate_budgets")]
+        assert budgets == ([] if flag else [budgets[0]]) and (not budgets or MODEL in budgets[0])
