@@ -12,13 +12,12 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from core.postgres import claims as pg_claims
 from core.postgres import models as pg_models
 from core.postgres import status as pg_status
-from core.pipeline.backend import ChangeFeed
+from core.pipeline.backend import ChangeFeed, due_pages
 from core.pipeline.watch import Pass, WatchOptions, WatchTotals, watch
 from core.postgres import budget, notify
-from core.postgres.backend import PostgresBackend
+from core.postgres.backend import PostgresBackend, PostgresJobs
 from core.postgres.database import Database
 from core.records import (DEFAULT_COLLECTION, Deleted, Embedder, EmbeddingSettings, Section, Selection,
                           collection_problem, text_problem)
@@ -48,6 +47,7 @@ def check_collection(name: Any) -> None:
 
 class Lifecycle:
     backend: PostgresBackend
+    jobs: PostgresJobs
     database: Database
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
@@ -81,14 +81,8 @@ class Lifecycle:
     def due_sections(self, settings: EmbeddingSettings, collection: str | None = DEFAULT_COLLECTION,
                      page: int = 1000) -> Iterator[Section]:
         """The sections a sync would embed now, in id order, read without claiming (for a dry run)."""
-        after: str | None = None
-        while True:
-            with self.connection() as conn:
-                rows = pg_claims.due_sections(conn, settings, after, page, collection)
+        for rows in due_pages(lambda after: self.jobs.due(settings, after, page, collection)):
             yield from rows
-            if len(rows) < page:
-                return
-            after = rows[-1].id
 
     def change_feed(self, collection: str | None, stop: threading.Event, *, listen_url: str | None = None,
                     poll_only: bool = False, poll_interval: float = 30.0) -> Feed:

@@ -7,7 +7,7 @@ recorded until it succeeds) hold for any backend that passes the contract suite.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -15,7 +15,17 @@ from core.batch_records import BatchState, JobItem, JobRecord, JobWrite, NewJob
 from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult)
 
-__all__ = ["Backend", "ChangeFeed", "Claim", "JobStore", "JobWorker", "Leases"]
+__all__ = ["Backend", "ChangeFeed", "Claim", "JobStore", "JobWorker", "Leases", "due_pages"]
+
+
+def due_pages(page: Callable[[str | None], list[Section]]) -> Iterator[list[Section]]:
+    """The due sections, page by page: ``page(after)`` reads the next page in id order after the id
+    ``after`` (a keyset walk, so sections embedded or added meanwhile neither repeat nor shift a
+    page), until one comes back empty."""
+    after: str | None = None
+    while rows := page(after):
+        yield rows
+        after = rows[-1].id
 
 
 class ChangeFeed(Protocol):

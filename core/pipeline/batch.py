@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from core.batch_records import (BatchApiEmbedder, BatchProgressCallback, BatchState, BatchSummary, JobRecord,
                                 PendingItem)
 from core.fingerprint import EMPTY_CONTENT, split_current
-from core.pipeline.backend import Backend, JobStore, JobWorker
+from core.pipeline.backend import Backend, JobStore, JobWorker, due_pages
 from core.pipeline.batch_collect import BatchContext, BatchOptions, poll_once, wait
 from core.pipeline.batch_submit import BatchRun, submit
 from core.pipeline.ingest import NOT_EMBEDDED, IngestOptions, attach_result, read_due
@@ -119,10 +119,8 @@ def batch_sync(backend: Backend, store: JobStore, embedder: Embedder, batch: Bat
 
 def _due_stored(context: BatchContext, backend: Backend, collection: str | None) -> Iterator[tuple[PendingItem, str]]:
     """The stored sections due now that this run could lease, page by page in id order."""
-    after: str | None = None
     tally = context.run.tally
-    while page := context.store.due(context.settings, after, DUE_PAGE, collection):
-        after = page[-1].id
+    for page in due_pages(lambda after: context.store.due(context.settings, after, DUE_PAGE, collection)):
         split = split_current(page, context.settings, {})
         _write_failures(backend, context, [FailureRow(section.id, EMPTY_CONTENT) for section in split.blank])
         held = context.worker.take(context.settings, {due.section.id: due.digest for due in split.due})
