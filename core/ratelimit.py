@@ -136,7 +136,11 @@ class RateLimiter:
             owed, self._unshared = self._unshared, 0
             tpm, rpm = self.tokens_per_minute, self._requests.per_minute if self._requests else None
         wait = shared.reserve(tokens + owed, tpm, rpm)
-        if wait > 0 and (cancelled or threading.Event()).wait(wait):
+        if wait <= 0:
+            return ticket
+        if cancelled is None:
+            time.sleep(wait)
+        elif cancelled.wait(wait):
             return None
         return ticket
 
