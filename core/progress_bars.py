@@ -15,6 +15,7 @@ from math import ceil
 from typing import Any
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
@@ -64,7 +65,7 @@ class DrawnColumn(ProgressColumn):
     """A column computed each time the bar is drawn (ten times a second), not only on updates."""
 
     def __init__(self, text: Callable[[Task], str], style: str = ""):
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))  # a narrow terminal shortens the bar, not this
         self.text, self.style = text, style
 
     def render(self, task: Task) -> Text:
