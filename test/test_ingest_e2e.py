@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import numpy as np
-import psycopg
 import pytest
 
 from core.dispatch import RetryPolicy
