@@ -99,8 +99,13 @@ def test_sigterm_writes_what_was_paid_for_and_a_restart_after_kill_9_pays_nothin
     wait_for(lambda: len(stored(db)) > 0, timeout=60)
     os.kill(first.pid, signal.SIGKILL)
     first.communicate(timeout=15)
+    time.sleep(0.5)  # a request the killed watcher had in flight is answered (and counted) by now
     after_kill = len(stored(db))
     assert after_kill < 1500
+    # kill -9 loses what was in flight (a claim commits its vectors at once), never more than a
+    # claim: 500 sections; whether anything was in flight depends on when the kill lands
+    lost_in_kill = sim.stats()["inputs"] - after_kill
+    assert 0 <= lost_in_kill <= 500
 
     second = start_watch(sim, database_url, "--concurrency", "2")
     wait_for(lambda: len(stored(db)) > after_kill + 50, timeout=60)
@@ -108,14 +113,15 @@ def test_sigterm_writes_what_was_paid_for_and_a_restart_after_kill_9_pays_nothin
     assert code == 0, err
     assert "Traceback" not in err
     served_stopped = sim.stats()["inputs"]
-    assert served_stopped == len(stored(db))  # SIGTERM: everything served was written
+    assert served_stopped - lost_in_kill == len(stored(db))  # SIGTERM: everything served was written
 
     sim.configure(latency_base=0.0)
     third = start_watch(sim, database_url)
     wait_for(lambda: len(stored(db)) == 1500, timeout=60)
     stop(third)
     vectors = stored(db)
-    assert sim.stats()["inputs"] == 1500  # across a kill -9 and a SIGTERM: every section paid for once
+    # across a kill -9 and a SIGTERM: every stored section paid for once, plus what the kill lost
+    assert sim.stats()["inputs"] == 1500 + lost_in_kill
     assert all(is_current(vectors, f"s{i:04d}", f"T{i}", f"section {i} " + "words " * 30) for i in range(0, 1500, 97))
     assert db.execute("select count(*) from section_workers").fetchone()[0] == 0
 

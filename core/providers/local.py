@@ -54,11 +54,9 @@ _BUNDLED_NAMES = {DEFAULT_LOCAL_MODEL.lower(), f"sentence-transformers/{DEFAULT_
 
 # Measured on the 2-core CPU machine with ~220-token sections (a sweep of batch sizes against bench/local.py's raw encode):
 # batches of 8 ran fastest (4-16 within 5%; 32 -12%, 128 -24%: bigger batches lose cache
-# locality). A request of up to 32 inputs (4 batches) answers in about 1.5 s, so the progress bar
-# moves about once a second and an interrupt's 2 s grace covers a request in flight; 256 inputs,
-# sorted by length across more batches, took ~9 s to a first answer for the same throughput (24.7
-# against 24.9 sections/s, 600 sections, 3 alternating runs each: within the noise). Two requests
-# in flight, each with half the cores, ran fastest (see the module doc).
+# locality). Requests of 32 inputs answer in ~1.5 s (the bar moves about once a second; an
+# interrupt's 2 s grace covers one in flight) at 256's throughput (24.7 vs 24.9 sections/s, 3 runs
+# each), where 256 took ~9 s to a first answer. Two requests in flight, each with half the cores.
 # A GPU wants large batches; its numbers are the usual ones, not measured here.
 CPU_BATCH_SIZE = 8
 CPU_REQUEST_INPUTS = 32
