@@ -54,12 +54,12 @@ _BUNDLED_NAMES = {DEFAULT_LOCAL_MODEL.lower(), f"sentence-transformers/{DEFAULT_
 
 # Measured on the 2-core CPU machine with ~220-token sections (a sweep of batch sizes against bench/local.py's raw encode):
 # batches of 8 ran fastest (4-16 within 5%; 32 -12%, 128 -24%: bigger batches lose cache
-# locality). Requests of 32 inputs answer in ~1.5 s (the bar moves about once a second; an
-# interrupt's 2 s grace covers one in flight) at 256's throughput (24.7 vs 24.9 sections/s, 3 runs
-# each), where 256 took ~9 s to a first answer. Two requests in flight, each with half the cores.
+# locality). Requests of 16 inputs answer in ~1 s, so the bar moves every second (32: every ~2 s,
+# the two in flight finishing together; 256: ~9 s to a first answer), for ~6% of throughput (24.3
+# vs 26.0 sections/s, 3 runs each). Two requests in flight, each with half the cores.
 # A GPU wants large batches; its numbers are the usual ones, not measured here.
 CPU_BATCH_SIZE = 8
-CPU_REQUEST_INPUTS = 32
+CPU_REQUEST_INPUTS = 16
 CPU_CONCURRENCY = 2
 GPU_BATCH_SIZE = 128
 GPU_REQUEST_INPUTS = 1024
