@@ -241,8 +241,6 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
                     on_progress=on_progress, collection=collection).summary
 
-    # -- search (indexes: core.indexing) -------------------------------------------------------------
-
     # -- status -------------------------------------------------------------------------------------
 
     def status(self, model_name: str | None = None, *, top_reasons: int = 5,

@@ -157,8 +157,7 @@ def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, option
 def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
             on_progress: ProgressCallback | None) -> tuple[Run, set[str]]:
     settings = embedder.settings
-    billed_before = embedder.total_tokens
-    tally = Tally(lambda: embedder.total_tokens - billed_before, on_progress)
+    tally = Tally.billed_by(embedder, on_progress)
     writer = Writer(backend, settings, tally, batch_size=options.write_batch,
                     queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval)
     pending: dict[Hashable, Due] = {}

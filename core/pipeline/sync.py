@@ -44,8 +44,7 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
     settings = embedder.settings
     stopping = options.should_stop or (lambda: False)
     transient = 0
-    billed_before = embedder.total_tokens
-    tally = Tally(lambda: embedder.total_tokens - billed_before, on_progress)
+    tally = Tally.billed_by(embedder, on_progress)
     after: str | None = None
     claimed_total = 0
     while (limit is None or claimed_total < limit) and not stopping():

@@ -5,7 +5,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from core.records import FailureRow, IngestSummary, ProgressCounts, VectorRow, WriteResult
+from core.records import Embedder, FailureRow, IngestSummary, ProgressCounts, VectorRow, WriteResult
 
 __all__ = ["ProgressCallback", "Tally", "REPORT_INTERVAL_S"]
 
@@ -32,6 +32,12 @@ class Tally:
         self.errors: dict[str, str] = {}
         self.dimensions: set[int] = set()  # dimensions of the vectors written
         self._reported = 0.0  # time.monotonic() of the last report
+
+    @classmethod
+    def billed_by(cls, embedder: Embedder, on_progress: ProgressCallback | None = None) -> Tally:
+        """A run's tally whose bill is what ``embedder`` bills from now on."""
+        before = embedder.total_tokens
+        return cls(lambda: embedder.total_tokens - before, on_progress)
 
     def fail(self, section_id: str | None, reason: str) -> None:
         with self.lock:
