@@ -12,10 +12,10 @@ import tempfile
 
 from bench import players as P
 from bench.report import Result, median, spread
-from core.postgres.embedded import EmbeddedPostgres
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorProcess
-from core.supabase_store import section_text
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorProcess
+from sections.store.supabase_store import section_text
 
 SETTINGS = {"shuffle": True, "error_rate": 0.02, "latency_base": 0.01, "seed": 7}
 

@@ -21,11 +21,11 @@ import numpy as np
 
 from bench.players import fresh_database
 from bench.report import Result, median, spread
-from core.postgres.embedded import EmbeddedPostgres
-from core.embedding_service import EmbeddingService
-from core.sample_corpus import stdlib_sections
-from core.sources import open_sources
-from core.supabase_store import SupabaseStore, section_text
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.engine.service import EmbeddingService
+from sections.reading.sample_corpus import stdlib_sections
+from sections.reading.sources import open_sources
+from sections.store.supabase_store import SupabaseStore, section_text
 
 
 def run_raw(model, texts: list[str]) -> tuple[float, np.ndarray]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.embedding_service import EmbeddingService
-from core.simulator import expected_embedding
+from sections.engine.service import EmbeddingService
+from sections.simulator.server import expected_embedding
 
 MODEL = "text-embedding-3-small"
 API_KEY = "bench"
@@ -271,7 +271,7 @@ def fresh_database(pg, name: str) -> str:
     import psycopg
     from psycopg import sql
 
-    from core.supabase_store import SupabaseStore
+    from sections.store.supabase_store import SupabaseStore
 
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
@@ -283,7 +283,7 @@ def fresh_database(pg, name: str) -> str:
 def ingest_end_to_end(base_url: str, sections: list[dict], database_url: str,
                       dimensions: int | None = None) -> tuple[Run, Score]:
     """Ours through the store: time ``batch_ingest_embeddings``, then read every stored vector back."""
-    from core.supabase_store import SupabaseStore, section_text
+    from sections.store.supabase_store import SupabaseStore, section_text
 
     with SupabaseStore(database_url) as store:
         service = _service(base_url, dimensions)

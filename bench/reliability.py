@@ -10,7 +10,7 @@ Run (from the repository root):
 The CI test (``test/test_reliability.py``, 2,000 sections, 3 trials) calls the same functions.
 
 One trial: a fresh database on a private embedded Postgres (temporary directory), the simulator
-with latency, a JSONL file of N standard-library sections. ``python -m core.cli ingest`` runs as a
+with latency, a JSONL file of N standard-library sections. ``python -m sections.cli.app ingest`` runs as a
 subprocess and is sent SIGKILL at a seeded random moment (during start-up, or a random time after
 its first request; every kill of the first trial lands in start-up, on a fresh database that is not
 even migrated yet), one or more times in a row, so a kill can also land in a rerun; then a last run
@@ -57,9 +57,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from core.simulator import SimulatorProcess, expected_embedding
-from core.supabase_store import SupabaseStore, section_text
-from core.tokens import TiktokenTokenizer
+from sections.simulator.server import SimulatorProcess, expected_embedding
+from sections.store.supabase_store import SupabaseStore, section_text
+from sections.engine.tokens import TiktokenTokenizer
 
 MODEL = "text-embedding-3-small"
 DIMS = 32
@@ -93,7 +93,7 @@ def child_env() -> dict[str, str]:
 
 def ingest_command(path: Path | str, base_url: str, database_url: str, *, dims: int = DIMS,
                    concurrency: int | None = None, extra: Iterable[str] = ()) -> list[str]:
-    command = [sys.executable, "-m", "core.cli", "ingest", str(path), "--model", MODEL, "--base-url", base_url,
+    command = [sys.executable, "-m", "sections.cli.app", "ingest", str(path), "--model", MODEL, "--base-url", base_url,
                "--database-url", database_url, "--dimensions", str(dims), "--json"]
     if concurrency:
         command += ["--concurrency", str(concurrency)]
@@ -360,7 +360,7 @@ def postgres_stop_trial(sim: SimulatorProcess, data_dir: Path, jsonl: Path, sect
     """Run the CLI against a private embedded Postgres in ``data_dir`` and stop that Postgres after
     the run's ``after_requests``-th request; restart it ``restart_after`` seconds later (None: only
     once the run has ended). Then a rerun must finish with every section exactly once."""
-    from core.postgres.embedded import EmbeddedPostgres
+    from sections.postgres.embedded import EmbeddedPostgres
 
     corpus = {s["id"]: s for s in sections}
     pg = EmbeddedPostgres(data_dir)
@@ -426,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_section = 100 if args.long else 200
     rng = random.Random(args.seed)
 
-    from core.postgres.embedded import EmbeddedPostgres
-    from core.sample_corpus import stdlib_sections
+    from sections.postgres.embedded import EmbeddedPostgres
+    from sections.reading.sample_corpus import stdlib_sections
 
     started = time.monotonic()
     sections = stdlib_sections(n, tokens_per_section=tokens_per_section)

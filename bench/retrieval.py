@@ -34,9 +34,9 @@ from pathlib import Path
 
 from bench.players import fresh_database
 from bench.report import LOCAL_PACKAGES, Result, median
-from core.embedding_service import EmbeddingService
-from core.sources import open_sources
-from core.supabase_store import SupabaseStore
+from sections.engine.service import EmbeddingService
+from sections.reading.sources import open_sources
+from sections.store.supabase_store import SupabaseStore
 
 MODEL = "all-MiniLM-L6-v2"
 CORPUS = "comfyui-embedded-docs"
@@ -127,11 +127,11 @@ class Measurement:
 
 def as_stored(source, service):
     """The sections to store, as ``sections ingest`` stores a folder of documents: each cut into
-    chunks that fit the model's window (``core.chunking``, the CLI's defaults), so a long page is
+    chunks that fit the model's window (``sections.reading.chunking``, the CLI's defaults), so a long page is
     found by its passages instead of one vector averaged over all of them. A ``core`` without the
     chunker (the "before" checkout) stores one vector per section."""
     try:
-        from core.chunking import ChunkPolicy, chunk_sections
+        from sections.reading.chunking import ChunkPolicy, chunk_sections
     except ImportError:
         return source
     return chunk_sections(source, service.tokenizer, ChunkPolicy.for_model(service.limits.max_input_tokens))
@@ -196,7 +196,7 @@ def chosen(quick: bool) -> tuple[list[str], list[dict]]:
 
 
 def run(quick: bool = False) -> Result:
-    from core.postgres.embedded import EmbeddedPostgres  # here, so measure() imports on older checkouts too
+    from sections.postgres.embedded import EmbeddedPostgres  # here, so measure() imports on older checkouts too
 
     nodes, questions = chosen(quick)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "data") as pg:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from bench.players import API_KEY, fresh_database
 from bench.report import Result
-from core.postgres.embedded import EmbeddedPostgres
-from core.embedding_service import EmbeddingService
-from core.simulator import SimulatorProcess
-from core.supabase_store import SupabaseStore
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.engine.service import EmbeddingService
+from sections.simulator.server import SimulatorProcess
+from sections.store.supabase_store import SupabaseStore
 
 
 def _generated(count: int):

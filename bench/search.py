@@ -35,8 +35,8 @@ from pgvector.psycopg import register_vector
 
 from bench.players import fresh_database
 from bench.report import Result, median
-from core.postgres.embedded import EmbeddedPostgres
-from core.supabase_store import SupabaseStore
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.store.supabase_store import SupabaseStore
 
 MODEL = "bench-384"
 DIMS, TOPICS, LATENT = 384, 1000, 64

@@ -3,7 +3,7 @@
 Every row is the command a user runs, as a fresh subprocess timed from launch to exit (or, for
 ``search -``, to each answer), with the CPU seconds it used beside the wall time, against the embedded Postgres holding the same sections embedded
 with both models:
-  - ``import core.cli``: the floor every command pays (Python, typer, rich, psycopg);
+  - ``import sections.cli.app``: the floor every command pays (Python, typer, rich, psycopg);
   - ``sections search`` with an OpenAI-compatible model (the simulator, no latency): the SDK's
     import is most of it; torch is never imported;
   - ``sections search`` with the local model: torch and sentence-transformers are imported and
@@ -23,11 +23,11 @@ from typing import NamedTuple
 
 from bench.players import API_KEY, fresh_database
 from bench.report import Result, median, spread
-from core.embedding_service import EmbeddingService
-from core.postgres.embedded import EmbeddedPostgres
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorProcess
-from core.supabase_store import SupabaseStore
+from sections.engine.service import EmbeddingService
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorProcess
+from sections.store.supabase_store import SupabaseStore
 
 QUERIES = ["read a file line by line", "sort a list by a key", "parse a date from a string",
            "run a command in a subprocess", "join paths on any platform", "format a number with commas",
@@ -55,7 +55,7 @@ def _answers(args: list[str], queries: list[str]) -> tuple[float, list[float]]:
     """``sections search -``: seconds to the first answer, then each further query's own seconds,
     each written only once the one before is answered (a program using it as a warm worker)."""
     started = time.perf_counter()
-    worker = subprocess.Popen([sys.executable, "-m", "core.cli", "search", "-", *args, "--json"], text=True,
+    worker = subprocess.Popen([sys.executable, "-m", "sections.cli.app", "search", "-", *args, "--json"], text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert worker.stdin is not None and worker.stdout is not None
     moments = [started]
@@ -85,17 +85,17 @@ def run(quick: bool = False) -> Result:
         answers: dict[str, list[float]] = {"first": [], "each": []}
         for i in range(repeats):  # interleaved, so the neighbours' load hits every row alike
             query = QUERIES[i % len(QUERIES)]
-            times["floor"].append(_timed(["-c", "import core.cli"]))
-            times["remote"].append(_timed(["-m", "core.cli", "search", query, *remote, "--json"]))
-            times["refused"].append(_timed(["-m", "core.cli", "search", query, "--database-url", REFUSED]))
+            times["floor"].append(_timed(["-c", "import sections.cli.app"]))
+            times["remote"].append(_timed(["-m", "sections.cli.app", "search", query, *remote, "--json"]))
+            times["refused"].append(_timed(["-m", "sections.cli.app", "search", query, "--database-url", REFUSED]))
             if i < max(1, repeats // 2):  # seconds each: a few repeats say enough
                 if not quick:  # what `search -` pays first, once more: --quick checks the harness only
-                    times["local"].append(_timed(["-m", "core.cli", "search", query, *local, "--json"]))
+                    times["local"].append(_timed(["-m", "sections.cli.app", "search", query, *local, "--json"]))
                 first, each = _answers(local, QUERIES[:3] if quick else QUERIES)
                 answers["first"].append(first)
                 answers["each"] += each
     commands = [
-        ("python -c 'import core.cli' (the floor of every command)", times["floor"]),
+        ("python -c 'import sections.cli.app' (the floor of every command)", times["floor"]),
         ("sections search, OpenAI-compatible model (simulator)", times["remote"]),
         ("sections search, local model, a fresh process", times["local"]),
         ("sections search, local model, refused --database-url", times["refused"]),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from bench import players as P
 from bench.report import Result, median, spread
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorProcess
-from core.supabase_store import section_text
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorProcess
+from sections.store.supabase_store import section_text
 
 TARGET = 0.95
 

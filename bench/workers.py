@@ -22,11 +22,11 @@ from pgvector.psycopg import register_vector
 
 from bench.players import fresh_database
 from bench.report import Result
-from core.fingerprint import section_text
-from core.postgres.embedded import EmbeddedPostgres
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorProcess, expected_embedding
-from core.supabase_store import SupabaseStore
+from sections.fingerprint import section_text
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorProcess, expected_embedding
+from sections.store.supabase_store import SupabaseStore
 
 MODEL, DIMS, PROCESSES = "text-embedding-3-small", 16, 3
 TARGET_EFFICIENCY, TARGET_429 = 0.95, 0.10
@@ -35,7 +35,7 @@ TARGET_EFFICIENCY, TARGET_429 = 0.95, 0.10
 def _run_processes(sim: SimulatorProcess, url: str, own: bool) -> tuple[float, float]:
     """Wall seconds from launch, and seconds from the first request the provider saw (start-up
     of the three interpreters excluded: throughput is the provider's side of the run)."""
-    command = [sys.executable, "-m", "core.cli", "sync", "--model", MODEL, "--base-url", sim.base_url,
+    command = [sys.executable, "-m", "sections.cli.app", "sync", "--model", MODEL, "--base-url", sim.base_url,
                "--database-url", url, "--dimensions", str(DIMS), "--json", *(["--own-budget"] if own else [])]
     env = {**os.environ, "OPENAI_API_KEY": "sk-bench"}
     started = time.perf_counter()

@@ -25,9 +25,9 @@ import psycopg
 
 from bench.players import fresh_database
 from bench.report import Result, median, spread
-from core.postgres import vectors as vector_writer
-from core.postgres.embedded import EmbeddedPostgres
-from core.supabase_store import SupabaseStore, content_hash
+from sections.postgres import vectors as vector_writer
+from sections.postgres.embedded import EmbeddedPostgres
+from sections.store.supabase_store import SupabaseStore, content_hash
 
 
 def _rows(n: int, dims: int, seed: int = 0):

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 
 from core.embedding_service import EmbeddingOutcome
-from core.errors import ProviderFatalError
-from core.records import EmbeddingSettings
-from core.tokens import LongInputPolicy
+from sections.engine.errors import ProviderFatalError
+from sections.records import EmbeddingSettings
+from sections.engine.tokens import LongInputPolicy
 
 
 class FakeStreamingEmbedder:

@@ -1,4 +1,4 @@
-"""Fixtures that start the embedded Postgres (core.postgres.embedded) for tests.
+"""Fixtures that start the embedded Postgres (sections.postgres.embedded) for tests.
 
 - ``embedded_pg`` (session): one embedded PostgreSQL 18 + pgvector 0.8 in a temporary directory,
   with a template database that already has every migration applied.
@@ -28,8 +28,8 @@ TEMPLATE_DB = "sections_template"
 
 @pytest.fixture(scope="session")
 def embedded_pg():
-    from core.postgres.embedded import EmbeddedPostgres
-    from core.postgres.schema import apply_migrations
+    from sections.postgres.embedded import EmbeddedPostgres
+    from sections.postgres.schema import apply_migrations
 
     # Not under pytest's tmp_path: pytest prunes old base temp folders, and a second pytest run on
     # the same machine would delete this live server's data directory from under it.

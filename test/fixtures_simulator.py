@@ -1,4 +1,4 @@
-"""Fixtures that start the OpenAI-compatible simulator (core.simulator) for tests.
+"""Fixtures that start the OpenAI-compatible simulator (sections.simulator.server) for tests.
 
 One simulator process serves the whole session: starting one costs a few hundred milliseconds,
 and its live config can be changed per test. ``sim`` hands a test that process with default
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.simulator import SimulatorConfig, SimulatorProcess
+from sections.simulator.server import SimulatorConfig, SimulatorProcess
 
 __all__ = ["simulator", "sim", "make_simulator"]
 

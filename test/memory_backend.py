@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from core.fingerprint import fingerprint
-from core.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
+from sections.fingerprint import fingerprint
+from sections.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult, check_vector, stored_reason, section_problem)
 
 __all__ = ["MemoryBackend", "MemoryClaim", "MemoryLeases"]

@@ -1,4 +1,4 @@
-"""The contract every ``core.pipeline.backend.Backend`` must keep, run against each backend.
+"""The contract every ``sections.pipeline.backend.Backend`` must keep, run against each backend.
 
 ``memory`` is ``test/memory_backend.MemoryBackend`` (what the pipeline tests run on), ``postgres``
 is ``PostgresBackend`` on a fresh embedded Postgres, and ``pgbouncer`` the same through pgbouncer
@@ -20,13 +20,13 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.fingerprint import fingerprint
-from core.pipeline.backend import Backend
-from core.postgres.backend import PostgresBackend
-from core.postgres.database import Database
-from core.postgres.sections import get_section
-from core.postgres.vectors import read_embedding
-from core.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, check_vector
+from sections.fingerprint import fingerprint
+from sections.pipeline.backend import Backend
+from sections.postgres.backend import PostgresBackend
+from sections.postgres.database import Database
+from sections.postgres.sections import get_section
+from sections.postgres.vectors import read_embedding
+from sections.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, check_vector
 from memory_backend import MemoryBackend
 
 SETTINGS = EmbeddingSettings("model-a", 4)
@@ -519,7 +519,7 @@ def test_a_section_held_by_a_sync_claim_is_not_leased(subject):
 
 
 def test_a_failed_section_rests_then_is_retried_then_given_up_until_it_changes(subject):
-    from core.records import RetrySchedule
+    from sections.records import RetrySchedule
 
     backend = subject.backend
     rows = _sections(2)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from core.embedding_service import EmbeddingService
-from core.simulator import expected_embedding
-from core.tokens import TiktokenTokenizer
+from sections.simulator.server import expected_embedding
+from sections.engine.tokens import TiktokenTokenizer
 
 MODEL = "text-embedding-3-small"
 DIMS = 16
@@ -24,7 +24,7 @@ ENV = {**os.environ, "OPENAI_API_KEY": "sk-test"}
 
 
 def sections_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sections.cli.app", *map(str, args)], capture_output=True, text=True,
                           input="", timeout=timeout, env=ENV)
 
 
@@ -125,7 +125,7 @@ def test_kill_9_while_waiting_then_a_rerun_submits_no_second_job_and_stores_ever
         sim, database_url, db, tmp_path):
     sim.configure(batch_delay=5.0)
     texts = corpus(tmp_path / "c.jsonl", 1000)
-    command = [sys.executable, "-m", "core.cli", "ingest", str(tmp_path / "c.jsonl"), *embedding(sim, database_url),
+    command = [sys.executable, "-m", "sections.cli.app", "ingest", str(tmp_path / "c.jsonl"), *embedding(sim, database_url),
                "--batch-api"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:

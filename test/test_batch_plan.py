@@ -8,17 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from core.batch_plan import plan_files
-from core.batch_records import (BatchLimits, BatchState, BatchStatus, FailureKind, JobItem, PendingItem, RequestResult,
+from sections.batch.plan import plan_files
+from sections.batch.records import (BatchLimits, BatchState, BatchStatus, FailureKind, JobItem, PendingItem, RequestResult,
                                 Slot, request_number)
-from core.batch_results import CollectedJob
-from core.batching import Limits
+from sections.batch.results import CollectedJob
+from sections.engine.batching import Limits
 from core.embedding_service import EmbeddingService
-from core.pipeline.batch import BatchOptions
-from core.providers.openai_batch import parse_line
-from core.records import EmbeddingOutcome
-from core.simulator import expected_embedding
-from core.tokens import LongInputPolicy, TiktokenTokenizer
+from sections.pipeline.batch import BatchOptions
+from sections.providers.openai_batch import parse_line
+from sections.records import EmbeddingOutcome
+from sections.simulator.server import expected_embedding
+from sections.engine.tokens import LongInputPolicy, TiktokenTokenizer
 
 BODY = {"model": "text-embedding-3-small", "encoding_format": "base64"}
 TOKENIZER = TiktokenTokenizer()

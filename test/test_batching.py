@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.batching import MAX_TARGET_CHARS, MIN_REQUEST_CHARS, RATE_SLICE_S, Limits, balance_target, pack
+from sections.engine.batching import MAX_TARGET_CHARS, MIN_REQUEST_CHARS, RATE_SLICE_S, Limits, balance_target, pack
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The rate budget workers share through the database (``core.postgres.budget``) and its use by
+"""The rate budget workers share through the database (``sections.postgres.budget``) and its use by
 ``RateLimiter``: a minute's burst, then the rate, whoever reserves; a 429 pushes everyone."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from core.postgres.budget import PostgresBudget, budget_key
-from core.postgres.database import Database
-from core.ratelimit import RateLimiter
+from sections.postgres.budget import PostgresBudget, budget_key
+from sections.postgres.database import Database
+from sections.engine.ratelimit import RateLimiter
 
 
 @pytest.fixture

@@ -1,14 +1,14 @@
-"""core.chunking: long sections become chunks that fit the window, cut where the text allows."""
+"""sections.reading.chunking: long sections become chunks that fit the window, cut where the text allows."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from core.chunking import CHUNK_MARK, ChunkPolicy, chunk_section, chunk_sections, default_overlap
-from core.fingerprint import section_text
-from core.records import Section
-from core.tokens import TiktokenTokenizer
+from sections.reading.chunking import CHUNK_MARK, ChunkPolicy, chunk_section, chunk_sections, default_overlap
+from sections.fingerprint import section_text
+from sections.records import Section
+from sections.engine.tokens import TiktokenTokenizer
 
 TOKENIZER = TiktokenTokenizer()
 

@@ -13,10 +13,10 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
-from core.cli import app
-from core.sample_corpus import stdlib_sections
+from sections.cli.app import app
+from sections.reading.sample_corpus import stdlib_sections
 from core.supabase_store import section_text
-from core.tokens import TiktokenTokenizer
+from sections.engine.tokens import TiktokenTokenizer
 
 runner = CliRunner()
 MODEL = "text-embedding-3-small"
@@ -40,7 +40,7 @@ def common(sim, database_url):
 
 def test_ingest_then_rerun_then_search_as_a_subprocess(sim, database_url, corpus_file):
     path, sections = corpus_file
-    command = [sys.executable, "-m", "core.cli", "ingest", str(path), *common(sim, database_url), "--json"]
+    command = [sys.executable, "-m", "sections.cli.app", "ingest", str(path), *common(sim, database_url), "--json"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
@@ -49,7 +49,7 @@ def test_ingest_then_rerun_then_search_as_a_subprocess(sim, database_url, corpus
     assert again["unchanged"] == 120 and again["embedded"] == 0 and again["tokens"] == 0
 
     target = sections[7]
-    found = subprocess.run([sys.executable, "-m", "core.cli", "search", section_text(target["title"], target["content"]),
+    found = subprocess.run([sys.executable, "-m", "sections.cli.app", "search", section_text(target["title"], target["content"]),
                             "-k", "3", "--json", *common(sim, database_url)[:6], "--dimensions", "32"],
                            capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
@@ -168,7 +168,7 @@ def test_status_sync_and_index(sim, database_url, db, corpus_file):
 
 def test_simulate_serves_on_loopback_with_the_given_faults():
     process = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "simulate", "--port", "0", "--shuffle", "--rpm", "100"],
+        [sys.executable, "-m", "sections.cli.app", "simulate", "--port", "0", "--shuffle", "--rpm", "100"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -183,12 +183,12 @@ def test_simulate_serves_on_loopback_with_the_given_faults():
 
 
 def test_simulate_help_lists_the_simulator_flags():
-    out = subprocess.run([sys.executable, "-m", "core.cli", "simulate", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "sections.cli.app", "simulate", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--tpm-burst" in out.stdout and "sections simulate" in out.stdout
 
 
 def test_demo_with_the_local_model_finds_the_right_topics(database_url):
-    from core.cli import DEMO_COLLECTION, DEMO_QUERIES
+    from sections.cli.app import DEMO_COLLECTION, DEMO_QUERIES
     from core.embedding_service import EmbeddingService
     from core.supabase_store import SupabaseStore
 
@@ -216,7 +216,7 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
     docs.mkdir()
     (docs / "guide.md").write_text(_long_markdown(), encoding="utf-8")
     (docs / "logo.png").write_bytes(b"\x89PNG")
-    command = [sys.executable, "-m", "core.cli", "ingest", str(docs), *common(sim, database_url),
+    command = [sys.executable, "-m", "sections.cli.app", "ingest", str(docs), *common(sim, database_url),
                "--chunk-tokens", "200", "--chunk-overlap", "20", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -233,9 +233,9 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
 
     # the simulator's vectors carry no meaning: ask for more hits than rows, so grouping sees them all
     query = ["search", "subject number 7 and subject number 8", "-k", "10", "--json", *common(sim, database_url)]
-    grouped = json.loads(subprocess.run([sys.executable, "-m", "core.cli", *query], capture_output=True,
+    grouped = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query], capture_output=True,
                                         text=True, timeout=120).stdout)
-    everything = json.loads(subprocess.run([sys.executable, "-m", "core.cli", *query, "--no-group"],
+    everything = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query, "--no-group"],
                                            capture_output=True, text=True, timeout=120).stdout)
     keys = [hit["parent"]["id"] if hit["parent"] else hit["id"] for hit in grouped]
     assert len(keys) == len(set(keys)) == 2  # one hit per section: the long one and the intro
@@ -248,7 +248,7 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
 def test_a_folder_with_nothing_readable_exits_1_and_says_why(sim, database_url, tmp_path):
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     (tmp_path / "b.yml").write_text("x: 1\n")
-    done = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(tmp_path), *common(sim, database_url)],
+    done = subprocess.run([sys.executable, "-m", "sections.cli.app", "ingest", str(tmp_path), *common(sim, database_url)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "no sections read" in done.stderr and ".png" in done.stderr and ".yml" in done.stderr
@@ -284,7 +284,7 @@ def test_a_typo_in_the_model_name_is_refused_before_anything_starts(tmp_path, mo
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     (tmp_path / "a.md").write_text("# A\ntext\n")
-    refused = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(tmp_path), "--model", "all-MiniLM-L6-v3",
+    refused = subprocess.run([sys.executable, "-m", "sections.cli.app", "ingest", str(tmp_path), "--model", "all-MiniLM-L6-v3",
                               "--database-url", "postgresql://u:pw@127.0.0.1:1/none"],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
@@ -300,7 +300,7 @@ def test_the_bar_shows_the_tokens_the_summary_bills(sim, database_url, tmp_path)
     lines = [{"id": f"twin-{i}", **same} for i in range(2)] + [{"id": "other", "title": "Other", "content": "Else."}]
     path = tmp_path / "twins.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(path), *common(sim, database_url)],
+    done = subprocess.run([sys.executable, "-m", "sections.cli.app", "ingest", str(path), *common(sim, database_url)],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     bar_tokens = re.findall(r"([\d,]+) tokens", done.stderr)[-1]  # the bar's last frame

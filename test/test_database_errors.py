@@ -73,7 +73,7 @@ def with_password(url: str) -> str:
 
 def start(*args: object, sim) -> subprocess.Popen[str]:
     env = {**os.environ, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": sim.base_url}
-    return subprocess.Popen([sys.executable, "-m", "core.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "sections.cli.app", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
 
 

@@ -1,11 +1,11 @@
-"""The dispatcher (``core.dispatch``) and the planning it feeds on (``core.assemble``).
+"""The dispatcher (``sections.engine.dispatch``) and the planning it feeds on (``sections.engine.assemble``).
 
 - Properties (hypothesis): the dispatcher, driven with an in-test provider that returns a known
   vector per text and an in-test tokenizer (one token per word), under random limits, windows,
   concurrency, duplicates, long inputs, poisoned texts, transient failures and a fatal stop: every
   request within every limit, every item answered exactly once, every vector its own text's, long
   inputs under ``average`` the token-weighted mean of their pieces, renormalised.
-  (``core.batching.pack`` on its own is covered in test_batching.py; here it is exercised through
+  (``sections.engine.batching.pack`` on its own is covered in test_batching.py; here it is exercised through
   the dispatcher that feeds it.)
 - Unit tests, each pinned to exact outcomes, reasons and counters: a rejected request is halved
   until only the bad input fails; a single input that keeps failing transiently gives up after
@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from core.assemble import plan_units
-from core.batching import Limits
-from core import dispatch
-from core.dispatch import Dispatcher, RetryPolicy, Verdict
-from core.errors import Interrupted, ProviderFatalError, RequestRejected, TransientError
-from core.providers.base import Reply
-from core.ratelimit import RateLimiter
-from core.tokens import LongInputPolicy
-from core.usage import Usage
+from sections.engine.assemble import plan_units
+from sections.engine.batching import Limits
+from sections.engine import dispatch
+from sections.engine.dispatch import Dispatcher, RetryPolicy, Verdict
+from sections.engine.errors import Interrupted, ProviderFatalError, RequestRejected, TransientError
+from sections.providers.base import Reply
+from sections.engine.ratelimit import RateLimiter
+from sections.engine.tokens import LongInputPolicy
+from sections.engine.usage import Usage
 from test_properties import DIM, vector_of
 
 NO_WAIT = RetryPolicy(max_attempts=3, split_after=1, backoff_base_s=0.0, backoff_max_s=0.0)
@@ -56,7 +56,7 @@ class WordTokenizer:
 
 
 def pieces_of(text: str, max_tokens: int) -> list[tuple[str, int]]:
-    """The test's own account of how a long text is cut (independent of core.tokens)."""
+    """The test's own account of how a long text is cut (independent of sections.engine.tokens)."""
     words = text.split()
     return [(" ".join(words[i:i + max_tokens]), min(max_tokens, len(words) - i))
             for i in range(0, len(words), max_tokens)]

@@ -1,4 +1,4 @@
-"""core.postgres.embedded: where the data lives, starting/sharing/stopping the embedded server."""
+"""sections.postgres.embedded: where the data lives, starting/sharing/stopping the embedded server."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import psutil
 import psycopg
 import pytest
 
-from core.postgres import embedded as embedded_db
-from core.postgres.embedded import (
+from sections.postgres import embedded as embedded_db
+from sections.postgres.embedded import (
     EmbeddedPostgres,
     IncompatibleDataDir,
     data_dir,
@@ -61,7 +61,7 @@ def _postmaster_pid(pgdata: Path):
 def _other_process(data: Path, code: str) -> str:
     script = (
         "import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, %r)\n"
-        "from core.postgres.embedded import EmbeddedPostgres\n"
+        "from sections.postgres.embedded import EmbeddedPostgres\n"
         "pg = EmbeddedPostgres(%r)\n" % (str(ROOT), str(data))
     ) + code
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
@@ -172,7 +172,7 @@ def test_the_cli_reports_an_old_data_dir_in_one_line(tmp_path):
     before = _snapshot(pgdata)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["SECTIONS_DATA_DIR"] = str(tmp_path / "data")
-    done = subprocess.run([sys.executable, "-m", "core.cli", "status"], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-m", "sections.cli.app", "status"], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()

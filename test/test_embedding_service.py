@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from core.embedding_service import EmbeddingService
-from core.dispatch import RetryPolicy
-from core.errors import ProviderFatalError
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorProcess, expected_embedding
+from sections.engine.dispatch import RetryPolicy
+from sections.engine.errors import ProviderFatalError
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorProcess, expected_embedding
 
 FAST_RETRY = RetryPolicy(backoff_base_s=0.01, backoff_max_s=0.05)
 

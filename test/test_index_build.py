@@ -23,12 +23,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from core.postgres import index_build
-from core.postgres.index import index_name
+from sections.postgres import index_build
+from sections.postgres.index import index_name
 from core.supabase_store import SupabaseStore
 from fake_embedder import FakeStreamingEmbedder
 
-CLI = [sys.executable, "-m", "core.cli"]
+CLI = [sys.executable, "-m", "sections.cli.app"]
 
 
 def _load(store, n, dims, model="m", seed=1, prefix="v"):

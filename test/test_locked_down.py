@@ -19,7 +19,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.records import Section
+from sections.records import Section
 from core.supabase_store import SupabaseStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_anon_sees_nothing_until_the_readme_policy_opens_one_collection(supabase
 
     # the owner, and the CLI it runs, see everything as before
     assert everything[0]["id"] == "p13" and len(everything) == 20
-    status = subprocess.run([sys.executable, "-m", "core.cli", "status", "--database-url", owner_url, "--json"],
+    status = subprocess.run([sys.executable, "-m", "sections.cli.app", "status", "--database-url", owner_url, "--json"],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
@@ -164,7 +164,7 @@ def test_a_role_that_row_level_security_hides_everything_from_is_told_so_in_one_
         db.execute(sql.SQL("grant usage on schema public to {}").format(sql.Identifier(name)))
         db.execute(sql.SQL("grant all on all tables in schema public to {}").format(sql.Identifier(name)))
         url = database_url.replace("postgres:@", f"{name}:@")
-        done = subprocess.run([sys.executable, "-m", "core.cli", "status", "--database-url", url],
+        done = subprocess.run([sys.executable, "-m", "sections.cli.app", "status", "--database-url", url],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert "row-level security hides its rows" in done.stderr and "BYPASSRLS" in done.stderr

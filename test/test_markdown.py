@@ -1,4 +1,4 @@
-"""Tests for core.markdown: front matter, headings and ids, MDX, markup cleaning, code kept as written.
+"""Tests for sections.reading.markdown: front matter, headings and ids, MDX, markup cleaning, code kept as written.
 
 Unit tests of `read_markdown` on small documents and on the realistic fixtures under
 test/fixtures/docs/ (MkDocs, Docusaurus, Supabase-style MDX, Hugo, a long handbook).
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.markdown import NO_TEXT, Document, DocumentError, Skip, read_markdown, slug, strip_markup
+from sections.reading.markdown import NO_TEXT, Document, DocumentError, Skip, read_markdown, slug, strip_markup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "docs"
 

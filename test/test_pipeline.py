@@ -1,4 +1,4 @@
-"""``core.pipeline`` ingest and sync over ``MemoryBackend`` with ``FakeStreamingEmbedder``: no Postgres.
+"""``sections.pipeline`` ingest and sync over ``MemoryBackend`` with ``FakeStreamingEmbedder``: no Postgres.
 
 ``test_backend_contract.py`` shows the memory backend keeps PostgresBackend's promises, so these
 tests exercise what production runs, in milliseconds.
@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-from core.errors import ProviderFatalError
-from core.fingerprint import section_text
-from core.pipeline.ingest import IngestOptions, ingest
-from core.pipeline.sync import sync
-from core.records import Section
+from sections.engine.errors import ProviderFatalError
+from sections.fingerprint import section_text
+from sections.pipeline.ingest import IngestOptions, ingest
+from sections.pipeline.sync import sync
+from sections.records import Section
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
 from memory_backend import MemoryBackend
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rich.progress import Progress
 
-from core.progress_bars import RATE_WINDOW_S, RecentRate, eta
+from sections.cli.progress_bars import RATE_WINDOW_S, RecentRate, eta
 
 
 class Clock:

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from core.redact import mask_url, scrub
-from core.errors import TransientError
-from core.providers.openai import OpenAIProvider
+from sections.redact import mask_url, scrub
+from sections.engine.errors import TransientError
+from sections.providers.openai import OpenAIProvider
 
 DIM = 8
 

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from core.ratelimit import RateLimiter
+from sections.engine.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -1,8 +1,8 @@
-"""core.redact: no secret reaches a message, whatever shape it comes in."""
+"""sections.redact: no secret reaches a message, whatever shape it comes in."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.redact import mask_secrets, mask_url, scrub
+from sections.redact import mask_secrets, mask_url, scrub
 
 # -- mask_url ----------------------------------------------------------------------------------------
 

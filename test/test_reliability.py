@@ -33,13 +33,13 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from core.cli import app
-from core.dispatch import RetryPolicy
+from sections.cli.app import app
+from sections.engine.dispatch import RetryPolicy
 from core.embedding_service import EmbeddingService
-from core.errors import ProviderFatalError
-from core.sample_corpus import stdlib_sections
-from core.simulator import SimulatorConfig, expected_embedding
-from core.sources import open_sources
+from sections.engine.errors import ProviderFatalError
+from sections.reading.sample_corpus import stdlib_sections
+from sections.simulator.server import SimulatorConfig, expected_embedding
+from sections.reading.sources import open_sources
 from core.supabase_store import SupabaseStore, section_text
 
 
@@ -618,7 +618,7 @@ def _all_text_of(error: BaseException) -> str:
 @pytest.fixture
 def debug_logs(caplog):
     caplog.set_level(logging.DEBUG)
-    for name in ("openai", "httpx", "httpcore", "psycopg", "psycopg.pool", "core"):
+    for name in ("openai", "httpx", "httpcore", "psycopg", "psycopg.pool", "sections", "core"):
         caplog.set_level(logging.DEBUG, logger=name)
     return caplog
 
@@ -685,7 +685,7 @@ def test_the_simulator_listens_on_loopback_only_unless_told_otherwise(make_simul
     sockets = _listening(port)
     assert sockets and {c.laddr.ip for c in sockets} == {"127.0.0.1"}
 
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "simulate", "--host", "0.0.0.0", "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "sections.cli.app", "simulate", "--host", "0.0.0.0", "--port", "0"],
                                stdout=subprocess.PIPE, text=True, env=rel.child_env(), cwd=rel.ROOT)
     try:
         line = process.stdout.readline()

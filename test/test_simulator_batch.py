@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from core.simulator import SimulatorProcess, expected_embedding
+from sections.simulator.server import SimulatorProcess, expected_embedding
 
 SMALL = "text-embedding-3-small"
 SETTLED = {"completed", "failed", "expired", "cancelled"}
@@ -299,7 +299,7 @@ def test_the_batch_endpoints_need_the_api_key(sim):
 
 def test_sections_simulate_takes_the_batch_flags():
     """The flags a user types reach the server: a batch expires after the number of requests given."""
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "simulate", "--port", "0",
+    process = subprocess.Popen([sys.executable, "-m", "sections.cli.app", "simulate", "--port", "0",
                                 "--batch-expire-after", "2", "--batch-delay", "0.2"], stdout=subprocess.PIPE, text=True)
     try:
         base_url = process.stdout.readline().split()[-1]

@@ -1,4 +1,4 @@
-"""Tests for core.sources: every input format, and every kind of bad input named by file:line."""
+"""Tests for sections.reading.sources: every input format, and every kind of bad input named by file:line."""
 import io
 import json
 import os
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import sources
-from core.sources import Section, SectionSource, SourceError, SourceProblem, open_sources
+from sections.reading import sources
+from sections.reading.sources import Section, SectionSource, SourceError, SourceProblem, open_sources
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "docs")
 

@@ -31,7 +31,7 @@ def _imported(importtime_stderr: str) -> set[str]:
 
 def _cli(*args: str, stdin: str | None = None, importtime: bool = False) -> subprocess.CompletedProcess[str]:
     flags = ["-X", "importtime"] if importtime else []
-    return subprocess.run([sys.executable, *flags, "-m", "core.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, *flags, "-m", "sections.cli.app", *args], input=stdin,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -46,11 +46,11 @@ def small_corpus(tmp_path):
 
 
 def test_importing_the_command_imports_no_model_library():
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import core.cli"],
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import sections.cli.app"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     imported = _imported(done.stderr)
-    assert "core" in imported and not imported & set(HEAVY), imported & set(HEAVY)
+    assert "sections" in imported and not imported & set(HEAVY), imported & set(HEAVY)
 
 
 def test_a_search_with_an_openai_compatible_model_never_imports_torch(sim, database_url, small_corpus):
@@ -90,7 +90,7 @@ def test_search_reads_queries_from_stdin_and_answers_each_as_it_comes(sim, datab
     options = ["--model", "text-embedding-3-small", "--base-url", sim.base_url, "--database-url", database_url]
     assert _cli("ingest", str(path), *options, "--json").returncode == 0
     sim.reset()
-    worker = subprocess.Popen([sys.executable, "-m", "core.cli", "search", "-", "-k", "2", *options, "--json"],
+    worker = subprocess.Popen([sys.executable, "-m", "sections.cli.app", "search", "-", "-k", "2", *options, "--json"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for section in (sections[2], sections[0], sections[2]):
@@ -123,10 +123,10 @@ def test_repeated_searches_with_the_local_model_load_it_once(database_url, small
 def test_a_query_is_sent_on_its_bound_and_counted_by_its_bill(sim):
     """Loading the tokenizer's ranks costs ~0.2 s of a start: a query that fits by its byte bound
     is sent without a count, and its count is what the server billed for it (exactly the same)."""
-    from core.tokens import TiktokenTokenizer
+    from sections.engine.tokens import TiktokenTokenizer
 
     query = "how do I rotate the logs every night"
-    script = ("import sys; from core.embedding_service import EmbeddingService; from core.tokens import _encoding; "
+    script = ("import sys; from core.embedding_service import EmbeddingService; from sections.engine.tokens import _encoding; "
               "service = EmbeddingService(model='text-embedding-3-small', base_url=sys.argv[1]); "
               "service.generate_embedding(sys.argv[2]); print(_encoding.cache_info().currsize, service.total_tokens)")
     done = subprocess.run([sys.executable, "-c", script, sim.base_url, query], capture_output=True, text=True,

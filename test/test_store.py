@@ -12,8 +12,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.errors import ProviderFatalError
-from core.postgres.schema import MIGRATION_LOCK_KEY, apply_migrations, migrations
+from sections.engine.errors import ProviderFatalError
+from sections.postgres.schema import MIGRATION_LOCK_KEY, apply_migrations, migrations
 from core.supabase_store import SupabaseStore, content_hash, index_name, section_text
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
 from fixtures_db import nested_plans
@@ -443,7 +443,7 @@ def test_ingest_failures_are_recorded_with_reasons_and_do_not_stop_the_run(store
 
 
 def test_ingest_streams_with_bounded_memory(store, db, monkeypatch):
-    from core.postgres import vectors as vector_writer
+    from sections.postgres import vectors as vector_writer
 
     sections = StreamedSections(5000)
     writes = []  # (sections read so far, vectors written before this batch)

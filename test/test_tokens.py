@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core.tokens import Piece, TiktokenTokenizer, plan_long_input
+from sections.engine.tokens import Piece, TiktokenTokenizer, plan_long_input
 
 tok = TiktokenTokenizer()
 

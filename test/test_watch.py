@@ -16,15 +16,15 @@ import time
 import numpy as np
 import pytest
 
-from core.fingerprint import section_text
-from core.simulator import expected_embedding
+from sections.fingerprint import section_text
+from sections.simulator.server import expected_embedding
 
 MODEL = "text-embedding-3-small"
 DIMS = 16
 
 
 def start_watch(sim, database_url, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "core.cli", "watch", "--model", MODEL, "--base-url", sim.base_url,
+    command = [sys.executable, "-m", "sections.cli.app", "watch", "--model", MODEL, "--base-url", sim.base_url,
                "--database-url", database_url, "--dimensions", str(DIMS), *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OPENAI_API_KEY": "sk-test"})
@@ -161,7 +161,7 @@ def test_a_refused_section_rests_between_attempts_and_is_given_up_until_it_chang
 
 def test_once_is_one_pass_and_a_pooler_url_or_poll_only_says_it_polls(sim, database_url, db):
     insert(db, [(f"o{i}", "", f"once {i}") for i in range(30)])
-    done = subprocess.run([sys.executable, "-m", "core.cli", "watch", "--model", MODEL, "--base-url", sim.base_url,
+    done = subprocess.run([sys.executable, "-m", "sections.cli.app", "watch", "--model", MODEL, "--base-url", sim.base_url,
                            "--database-url", database_url, "--dimensions", str(DIMS), "--once"],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "OPENAI_API_KEY": "sk-test"})
     assert done.returncode == 0, done.stderr
@@ -173,7 +173,7 @@ def test_once_is_one_pass_and_a_pooler_url_or_poll_only_says_it_polls(sim, datab
 
 @pytest.mark.parametrize("bad", [["--poll-interval", "0"], ["--max-attempts", "0"]])
 def test_bad_settings_are_one_line(sim, database_url, bad):
-    result = subprocess.run([sys.executable, "-m", "core.cli", "watch", "--database-url", database_url, *bad],
+    result = subprocess.run([sys.executable, "-m", "sections.cli.app", "watch", "--database-url", database_url, *bad],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -183,7 +183,7 @@ def test_status_shows_what_is_due_how_long_it_waited_and_the_workers(sim, databa
     insert(db, [(f"w{i}", "", f"waiting {i}") for i in range(5)])
     time.sleep(1.2)
     status = lambda: json.loads(subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "core.cli", "status", "--model", MODEL, "--database-url", database_url, "--json"],
+        [sys.executable, "-m", "sections.cli.app", "status", "--model", MODEL, "--database-url", database_url, "--json"],
         capture_output=True, text=True, timeout=60).stdout)
     before = status()["models"][MODEL]["collections"]["default"]
     assert before["missing"] == 5 and before["lag_s"] >= 1.0

@@ -1,0 +1,4 @@
+"""``python -m sections``: the ``sections`` command."""
+from sections.cli.app import app
+
+app()

@@ -1,0 +1,95 @@
+"""One database to talk to: which one (a URL, ``$DATABASE_URL``, or the embedded server), its
+schema brought up to date, and a pool of connections to it.
+
+Connections are autocommit (callers open ``conn.transaction()`` where they write) and prepare no
+statements by default, the migrating one included: the Supabase transaction pooler
+(PgBouncer/Supavisor, port 6543) cannot keep prepared statements across transactions. Nothing else
+rests on the session either (ARCHITECTURE.md, "Pooler-proof"). pgvector's types are registered on
+every connection.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from sections.postgres.embedded import DatabaseHandle, open_database
+from sections.postgres.schema import apply_migrations
+from sections.redact import mask_url
+
+__all__ = ["Database"]
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+
+
+class Database:
+    """The database handle, migrated, with a connection pool; ``close()`` releases all of it."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        migrate: bool = True,
+        prepare_threshold: int | None = None,
+        connect_timeout: float = 30.0,
+    ):
+        self._handle: DatabaseHandle | None = open_database(database_url, data_dir)
+        self.url_masked = mask_url(self._handle.url)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        try:
+            if migrate:
+                self._migrate(self._handle.url, connect_timeout, prepare_threshold)
+            self._pool = ConnectionPool(
+                self._handle.url,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
+                configure=_configure,
+                check=ConnectionPool.check_connection,
+                name="sections",
+                open=False,
+            )
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _migrate(self, url: str, connect_timeout: float, prepare_threshold: int | None) -> None:
+        try:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout),
+                                   prepare_threshold=prepare_threshold)
+        except psycopg.OperationalError as error:
+            raise psycopg.OperationalError(f"cannot connect to {self.url_masked}: {error}") from None
+        with conn:
+            apply_migrations(conn)
+
+    def connect(self, url: str | None = None, connect_timeout: float = 15.0) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (autocommit), to ``url`` or this database: for
+        what needs a session kept across transactions, such as LISTEN."""
+        if self._handle is None:
+            raise RuntimeError("the database is closed")
+        return psycopg.connect(url or self._handle.url, autocommit=True, connect_timeout=int(connect_timeout))
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit; use ``conn.transaction()``), as a context manager."""
+        if self._pool is None:
+            raise RuntimeError("the database is closed")
+        return self._pool.connection()
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()

@@ -1,0 +1,199 @@
+"""Splitting sections longer than the model's window into chunks that each get a vector.
+
+One vector averaged over hundreds of model windows retrieves almost nothing: a long section is
+better stored as chunks that each fit the window, so each vector means one passage. Chunks are cut
+on paragraph boundaries first, then sentences, and only a sentence longer than a whole chunk is
+cut mid-text (at a token boundary); a fenced code block is one paragraph, so a fence is never
+split unless it alone is longer than a chunk. Each chunk repeats the last ``overlap`` tokens' worth
+of whole sentences or paragraphs of the one before, so a passage cut at a boundary is still found.
+
+A chunk is a ``Section`` of its own: its id is the parent's id + ``~`` + its position from 1
+(stable while the parent's id is), its title is the parent's (the title is embedded with every
+chunk), and its metadata names the parent, the parent's title, its position and the count. A
+section that fits is passed on unchanged, under its own id.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from sections.fingerprint import section_text
+from sections.records import Section
+from sections.engine.tokens import Tokenizer
+
+__all__ = ["CHUNK_MARK", "ChunkPolicy", "chunk_section", "chunk_sections", "default_overlap"]
+
+CHUNK_MARK = "~"
+MIN_CHUNK_TOKENS = 16
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPolicy:
+    """Chunks of at most ``max_tokens`` (title included), each repeating up to ``overlap`` tokens."""
+
+    max_tokens: int
+    overlap: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < MIN_CHUNK_TOKENS:
+            raise ValueError(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, not {self.max_tokens}")
+        if not 0 <= self.overlap <= self.max_tokens // 2:
+            raise ValueError(f"--chunk-overlap must be between 0 and half of --chunk-tokens "
+                             f"({self.max_tokens // 2}), not {self.overlap}")
+
+
+    @classmethod
+    def for_model(cls, window: int, chunk_tokens: int | None = None, overlap: int | None = None) -> ChunkPolicy:
+        """What ``sections ingest`` uses: chunks of the model's window unless the user set a size,
+        and ``default_overlap`` unless the user set one."""
+        size = chunk_tokens or window
+        return cls(size, default_overlap(size) if overlap is None else overlap)
+
+
+def default_overlap(max_tokens: int) -> int:
+    """An eighth of a chunk, at most 64 tokens: enough to carry a sentence across a cut."""
+    return min(64, max_tokens // 8)
+
+
+class _Piece(NamedTuple):
+    text: str
+    tokens: int
+    joiner: str  # what goes between this piece and the one before it in the same chunk
+
+
+def chunk_sections(sections: Iterable[Section], tokenizer: Tokenizer, policy: ChunkPolicy, *,
+                   every_section: bool = False) -> Iterator[Section]:
+    """Chunk the sections read from documents (``Section.from_document``), or all with ``every_section``.
+
+    Records given with explicit ids (JSONL/JSON/CSV) keep their ids and the long-input policy
+    unless the user asked for chunks (``every_section``).
+    """
+    for section in sections:
+        if section.from_document or every_section:
+            yield from chunk_section(section, tokenizer, policy)
+        else:
+            yield section
+
+
+def chunk_section(section: Section, tokenizer: Tokenizer, policy: ChunkPolicy) -> list[Section]:
+    """The section itself if it fits ``policy.max_tokens``, else its chunks in order."""
+    if _fits(tokenizer, section_text(section.title, section.content), policy.max_tokens):
+        return [section]
+    heading = tokenizer.count(section_text(section.title, "x")) - tokenizer.count("x") if section.title else 0
+    budget = max(MIN_CHUNK_TOKENS // 2, policy.max_tokens - heading)
+    texts = _pack(_pieces(section.content, tokenizer, budget), budget, policy.overlap, tokenizer)
+    parent: dict[str, Any] = dict(section.metadata) if isinstance(section.metadata, dict) else {}
+    return [
+        replace(section, id=f"{section.id}{CHUNK_MARK}{number}", content=text,
+                metadata={**parent, "parent": section.id, "parent_title": section.title,
+                          "chunk": number, "chunks": len(texts)})
+        for number, text in enumerate(texts, 1)
+    ]
+
+
+def _fits(tokenizer: Tokenizer, text: str, limit: int) -> bool:
+    bound = tokenizer.bound(text)
+    return (bound is not None and bound <= limit) or tokenizer.count(text) <= limit
+
+
+def _paragraphs(content: str) -> Iterator[str]:
+    """Paragraphs split at blank lines, with each fenced code block kept whole."""
+    current: list[str] = []
+    fence = ""
+    for line in content.split("\n"):
+        opening = _FENCE.match(line)
+        if fence:
+            current.append(line)
+            if opening and opening[1][0] == fence[0] and len(opening[1]) >= len(fence):
+                fence = ""
+        elif opening:
+            fence = opening[1]
+            current.append(line)
+        elif not line.strip():
+            if current:
+                yield "\n".join(current)
+            current = []
+        else:
+            current.append(line)
+    if current:
+        yield "\n".join(current)
+
+
+def _pieces(content: str, tokenizer: Tokenizer, budget: int) -> Iterator[_Piece]:
+    """Paragraphs that fit; sentences of those that do not; token cuts of sentences that still do not."""
+    for paragraph in _paragraphs(content):
+        count = tokenizer.count(paragraph)
+        if count <= budget:
+            yield _Piece(paragraph, count, "\n\n")
+            continue
+        joiner = "\n\n"
+        for sentence in _SENTENCE_END.split(paragraph):
+            if not sentence.strip():
+                continue
+            count = tokenizer.count(sentence)
+            if count <= budget:
+                yield _Piece(sentence, count, joiner)
+            else:
+                for index, (text, tokens) in enumerate(tokenizer.split(sentence, budget)):
+                    yield _Piece(text, tokens, joiner if index == 0 else "")
+            joiner = " "
+
+
+def _pack(pieces: Iterable[_Piece], budget: int, overlap: int, tokenizer: Tokenizer) -> list[str]:
+    """Greedy: add pieces while the chunk fits; each new chunk starts with the last pieces of the
+    previous one that fit in ``overlap`` tokens. Fitting is decided by a real count of the joined
+    text, since its tokens can differ from the sum of its pieces'."""
+    chunks: list[str] = []
+    current: list[_Piece] = []
+    carried = 0  # pieces at the start of ``current`` repeated from the chunk before
+
+    def fits(candidate: list[_Piece]) -> bool:
+        if sum(p.tokens + 1 for p in candidate) - 1 > budget:  # the cheap test first
+            return False
+        return tokenizer.count(_join(candidate)) <= budget
+
+    for piece in pieces:
+        if current and not fits(current + [piece]):
+            chunks.append(_join(current))
+            current = _tail(current, overlap, tokenizer)
+            carried = len(current)
+            if current and not fits(current + [piece]):  # no room beside the overlap: drop it
+                current, carried = [], 0
+        current.append(piece)
+    if len(current) > carried:  # a last chunk of nothing but repeated text adds nothing
+        chunks.append(_join(current))
+    return chunks
+
+
+def _tail(pieces: list[_Piece], overlap: int, tokenizer: Tokenizer) -> list[_Piece]:
+    """The end of a chunk, at most ``overlap`` tokens, to repeat at the start of the next: whole
+    pieces, then the last sentences of the piece that does not fit whole (never the whole chunk)."""
+    tail: list[_Piece] = []
+    room = overlap
+    for piece in reversed(pieces[1:] if len(pieces) > 1 else pieces):
+        if piece.tokens + 1 <= room and (tail or len(pieces) > 1):
+            tail.insert(0, piece)
+            room -= piece.tokens + 1
+            continue
+        sentences = [text for text in _SENTENCE_END.split(piece.text) if text.strip()]
+        kept: list[str] = []
+        for sentence in reversed(sentences[1:]):
+            tokens = tokenizer.count(sentence) + 1
+            if tokens > room:
+                break
+            kept.insert(0, sentence)
+            room -= tokens
+        if kept:
+            text = " ".join(kept)
+            tail.insert(0, _Piece(text, tokenizer.count(text), piece.joiner))
+        break
+    return tail
+
+
+def _join(pieces: list[_Piece]) -> str:
+    return "".join((piece.joiner if index else "") + piece.text for index, piece in enumerate(pieces))
