@@ -55,14 +55,10 @@ ALLOWED: dict[str, set[str]] = {
     "sections.pipeline": {"sections.pipeline", "sections.records", "sections.fingerprint", "sections.batch.records",
                           "sections.engine.errors"},
     "sections.postgres": {"sections.postgres", "sections.records", "sections.redact", "sections.batch.records"},
-    "sections.store": LEAVES,
-    "sections.store.lifecycle": {"sections.pipeline", "sections.postgres", "sections.records"},
-    "sections.store.indexing": {"sections.store.lifecycle", "sections.pipeline", "sections.postgres", "sections.records"},
-    "sections.store.supabase_store": {"sections.pipeline", "sections.postgres", "sections.records", "sections.fingerprint",
-                                      "sections.engine.tokens", "sections.store"},
-    "sections.store.searching": {"sections.postgres", "sections.records", "sections.store.lifecycle"},
-    "sections.store.batches": {"sections.pipeline", "sections.postgres", "sections.records", "sections.batch.records",
-                               "sections.store.lifecycle"},
+    # the store: a face and the parts it composes; each part states what it needs in its constructor
+    "sections.store": {"sections.store", "sections.pipeline", "sections.postgres", "sections.records",
+                       "sections.batch.records", "sections.engine.tokens"},
+    "sections.store.delegation": LEAVES,
     "sections.reading": LEAVES,
     "sections.reading.markdown": {"sections.records"},
     "sections.reading.chunking": {"sections.records", "sections.fingerprint", "sections.engine.tokens"},
@@ -197,6 +193,18 @@ def test_no_folder_holds_more_than_fifteen_modules() -> None:
     crowded = {folder.relative_to(ROOT).as_posix(): count for folder in [PACKAGE, *PACKAGE.rglob("*/")]
                if folder.is_dir() and (count := len([p for p in folder.glob("*.py") if p.name != "__init__.py"])) > 15}
     assert not crowded, crowded
+
+
+def test_no_class_stacks_the_package_own_classes() -> None:
+    """Compose, don't stack: a class may extend at most one class of the package (the seed's
+    ``core.embedding_service.EmbeddingService`` extends the real one, nothing else)."""
+    own = {node.name for _, path in MODULES for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+           if isinstance(node, ast.ClassDef)}
+    stacked = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}{[ast.unparse(b) for b in node.bases]}"
+               for _, path in MODULES for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ClassDef)
+               and sum(1 for base in node.bases if ast.unparse(base).split(".")[-1] in own) > 1]
+    assert not stacked, stacked
 
 
 def test_typed_core_passes_mypy_strict() -> None:

@@ -10,6 +10,7 @@ every connection.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -20,7 +21,9 @@ from sections.postgres.embedded import DatabaseHandle, open_database
 from sections.postgres.schema import apply_migrations
 from sections.redact import mask_url
 
-__all__ = ["Database"]
+__all__ = ["Connect", "Database"]
+
+Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]  # a pooled connection, as a context manager
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

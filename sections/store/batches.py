@@ -1,8 +1,8 @@
-"""The store's Batch API operations (a base of ``SupabaseStore``): ingest and sync at half the price,
-and the jobs' own listing, collecting and cancelling.
+"""The store's Batch API operations: ingest and sync at half the price, and the jobs' own listing,
+collecting and cancelling.
 
-Kept in a module of its own so the face stays within the size rules; it needs only the store's
-``backend`` and its index policy. ``sections.pipeline.batch`` says how a run resumes, waits and retries.
+A part ``SupabaseStore`` holds (``store.batches``) and hands this work to; it is given the pipeline's
+backend, the job store and the index policy. ``pipeline.batch`` says how a run resumes, waits and retries.
 """
 from __future__ import annotations
 
@@ -14,26 +14,21 @@ from sections.store.lifecycle import check_collection, check_model
 from sections.pipeline.batch import BatchOptions, BatchResult, batch_ingest, batch_sync, cancel_job, collect_jobs
 from sections.pipeline.ingest import DEFAULT_CHUNK, IngestOptions
 from sections.postgres.backend import PostgresBackend, PostgresJobs
-from sections.postgres.index_build import ProgressCallback
-from sections.records import DEFAULT_COLLECTION, IngestSummary, Selection
+from sections.records import DEFAULT_COLLECTION, Selection
+from sections.store.indexing import Indexes
 
-__all__ = ["BatchOptions", "BatchStore"]
+__all__ = ["BatchOptions", "Batches"]
 
 
-class BatchStore:
-    backend: PostgresBackend
-
-    def _index_after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
-                            on_progress: ProgressCallback | None) -> None:
-        raise NotImplementedError  # sections.store.indexing.Indexing's, through SupabaseStore
-
-    @property
-    def jobs(self) -> PostgresJobs:
-        return PostgresJobs(self.backend)
+class Batches:
+    def __init__(self, backend: PostgresBackend, jobs: PostgresJobs, indexes: Indexes):
+        self.backend = backend
+        self.jobs = jobs
+        self.indexes = indexes
 
     def _finish(self, service: BatchCapable, result: BatchResult, build_index: bool | None) -> BatchSummary:
         if build_index is not False:
-            self._index_after_ingest(service.settings.model, build_index, result.summary, None)
+            self.indexes.after_ingest(service.settings.model, build_index, result.summary, None)
         if result.pruned is not None and result.pruned.deleted is not None:
             result.summary["pruned_count"] = result.pruned.deleted.sections
         return result.summary

@@ -1,15 +1,12 @@
 """The store's HNSW index operations: build, bring up to date, check, and the ingest's index policy.
 
-A part of ``SupabaseStore`` (its base class), kept in a module of its own so the face stays within
-the size rules; it needs only the store's ``connection()``, ``auto_index_min_rows`` and
-``max_index_memory``. The SQL and the build itself are ``sections.postgres.index`` and
-``sections.postgres.index_build``.
+A part ``SupabaseStore`` holds (``store.indexes``) and hands this work to; it is given a way to open
+a connection and the two settings of its policy. The SQL and the build itself are
+``postgres.index`` and ``postgres.index_build``.
 """
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
-from typing import Any
 
 import psycopg
 
@@ -17,20 +14,24 @@ from sections.store.lifecycle import check_model
 from sections.pipeline.ingest import attach_result
 from sections.postgres import index as pg_index
 from sections.postgres import index_build
+from sections.postgres.database import Connect
 from sections.postgres.index_build import BuildOptions, IndexReport, ProgressCallback
 from sections.records import IngestSummary
 
-__all__ = ["Indexing"]
+__all__ = ["Indexes"]
 
 _log = logging.getLogger(__name__)
 
 
-class Indexing:
-    auto_index_min_rows: int
-    max_index_memory: str
+class Indexes:
+    """``auto_index_min_rows``: after an ingest, a missing index is built once its dimension has this
+    many vectors; ``max_index_memory``: the most ``maintenance_work_mem`` a build asks for."""
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        raise NotImplementedError
+    def __init__(self, connect: Connect, auto_index_min_rows: int, max_index_memory: str):
+        index_build.parse_kb(max_index_memory)  # a bad value fails here, not after a long ingest
+        self.connection = connect
+        self.auto_index_min_rows = auto_index_min_rows
+        self.max_index_memory = max_index_memory
 
     def build_index(self, model_name: str, *, dimensions: int | None = None, m: int = 16,
                     ef_construction: int = 64, maintenance_work_mem: str | None = None,
@@ -61,7 +62,7 @@ class Indexing:
         with self.connection() as conn:
             return pg_index.has_index(conn, model_name, dimensions)
 
-    def _index_after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
+    def after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
                             on_progress: ProgressCallback | None) -> None:
         """The ingest's index policy (see ``ingest``): a failure is the summary's ``index_error``,
         never the run's, so what was embedded is still reported as embedded."""

@@ -1,13 +1,13 @@
-"""The store's lifecycle operations: collections, deleting, dropping a model, what a sync would do.
+"""The store's lifecycle operations: collections, deleting, dropping a model, what a sync would do,
+watching for changes, and the rate budget workers share.
 
-A part of ``SupabaseStore`` (its base class), kept in a module of its own so the face stays within
-the size rules; it needs only the store's ``backend`` and ``connection()``.
+A part ``SupabaseStore`` holds (``store.lifecycle``) and hands this work to; it is given the
+database, the pipeline's backend and the job store, and reaches for nothing else.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import psycopg
@@ -46,12 +46,10 @@ def check_collection(name: Any) -> None:
 
 
 class Lifecycle:
-    backend: PostgresBackend
-    jobs: PostgresJobs
-    database: Database
-
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        raise NotImplementedError
+    def __init__(self, database: Database, backend: PostgresBackend, jobs: PostgresJobs):
+        self.database = database
+        self.backend = backend
+        self.jobs = jobs
 
     def delete(self, selection: Selection) -> Deleted:
         """Delete what ``selection`` matches in its collection, with vectors and failures (one transaction)."""
@@ -63,20 +61,19 @@ class Lifecycle:
 
     def collections(self) -> dict[str, int]:
         """Sections per collection."""
-        with self.connection() as conn:
+        with self.database.connection() as conn:
             return pg_status.collection_sizes(conn)
 
     def workers(self) -> list[pg_status.WorkerStatus]:
         """Ingests and watchers whose heartbeat is recent: host, pid, what they do, sections embedded."""
-        with self.connection() as conn:
+        with self.database.connection() as conn:
             return pg_status.recent_workers(conn)
 
     def drop_model(self, model_name: str) -> pg_models.DroppedModel:
         """Delete a model's vectors, failures and leases and drop its indexes, in every collection."""
         check_model(model_name)
-        with self.connection() as conn, conn.transaction():
+        with self.database.connection() as conn, conn.transaction():
             return pg_models.drop_model(conn, model_name)
-
 
     def due_sections(self, settings: EmbeddingSettings, collection: str | None = DEFAULT_COLLECTION,
                      page: int = 1000) -> Iterator[Section]:
@@ -91,7 +88,7 @@ class Lifecycle:
         if poll_only:
             return Feed(notify.PollFeed(stop), f"{polling} (asked for)")
         try:
-            with self.database.connect(listen_url) as probe, self.connection() as sender:
+            with self.database.connect(listen_url) as probe, self.database.connection() as sender:
                 heard = notify.hears_notifications(probe, sender)
         except psycopg.Error as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

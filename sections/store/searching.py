@@ -1,31 +1,30 @@
-"""The store's searches (a base of ``SupabaseStore``): by vector, by query text, hybrid, filtered,
-and the ``match_sections`` RPC as a Python call.
+"""The store's searches: by vector, by query text, hybrid, filtered, and the ``match_sections`` RPC
+as a Python call.
 
-Kept in a module of its own so the face stays within the size rules; it needs only the store's
-``connection()``. Arguments are checked here, before any query: a bad filter or vector is a
+A part ``SupabaseStore`` holds (``store.searches``) and hands this work to; it is given only a way to
+open a connection. Arguments are checked here, before any query: a bad filter or vector is a
 ``ValueError`` naming what is wrong, never a database error.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
-import psycopg
 
+from sections.postgres.database import Connect
 from sections.store.lifecycle import check_collection, check_model
 from sections.postgres import search as pg_search
 from sections.records import DEFAULT_COLLECTION, Embedder, SearchFilter, check_vector
 
-__all__ = ["Filter", "Searching"]
+__all__ = ["Filter", "Searches"]
 
 Filter = SearchFilter | Mapping[str, Any] | None  # a mapping: the metadata the sections must contain
 
 
-class Searching:
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        raise NotImplementedError
+class Searches:
+    def __init__(self, connect: Connect):
+        self.connection = connect
 
     def search_by_vector(self, vector: Any, model_name: str, k: int = 10, *, group: bool = True,
                          collection: str | None = DEFAULT_COLLECTION, filter: Filter = None,

@@ -1,10 +1,12 @@
 """SupabaseStore: sections and their embeddings in Postgres/pgvector (Supabase is Postgres).
 
-The seed's face over the stages: ``sections.pipeline`` runs ingest and sync over a backend,
-``sections.postgres`` holds the SQL (sections, vectors, claims, index, search, status) and the
-connection. This class keeps the public names and return shapes; its bases hold the lifecycle
-operations (``sections.store.lifecycle``) and the indexes and the policy of when they are built
-(``sections.store.indexing``). It holds no SQL of its own.
+The face a library user holds. It opens the database and composes the parts it hands work to, each
+given what it needs in its constructor: ``writes`` (sections and vectors written directly),
+``lifecycle`` (collections, delete, drop a model, watch, the shared budget), ``indexes`` (HNSW
+indexes and the ingest's index policy), ``batches`` (the Batch API) and ``searches``. Ingest and sync
+run ``sections.pipeline`` over the Postgres backend; ``sections.postgres`` holds every statement.
+The face keeps the seed's public names and return shapes: each of its methods is a part's, or a
+pipeline run.
 
 Connection: ``SupabaseStore(database_url)``; with none, ``$DATABASE_URL``; with neither, the
 embedded Postgres in the user's data directory. A Supabase connection string works as is, the
@@ -12,46 +14,44 @@ transaction pooler (port 6543) included: prepared statements are off by default 
 tables live only inside one transaction's use.
 
 Text rules: Postgres ``text``/``jsonb`` cannot hold U+0000, and Python strings can hold lone
-surrogates that are not UTF-8. Such a section is invalid (``sections.records.section_problem``):
+surrogates that are not UTF-8. Such a section is invalid (``records.section_problem``):
 ``upsert_sections`` raises ``ValueError``; ``ingest`` counts it as failed with the reason and goes
 on. Everything else (quotes, SQL, any Unicode, megabytes) is stored verbatim.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import psycopg
 
-from sections.fingerprint import content_hash, section_text
-from sections.pipeline.ingest import (DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, chunked, dedupe, ingest,
-                                  valid_sections)
+from sections.engine.tokens import LongInputPolicy
+from sections.pipeline.ingest import DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, ingest
 from sections.pipeline.sync import sync
 from sections.pipeline.tally import ProgressCallback
 from sections.postgres import index_build
 from sections.postgres import sections as pg_sections
 from sections.postgres import status as pg_status
 from sections.postgres import vectors
-from sections.postgres.backend import PostgresBackend
+from sections.postgres.backend import PostgresBackend, PostgresJobs
 from sections.postgres.database import Database
-from sections.postgres.index import index_name
-from sections.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected,
-                          Selection, VectorRow)
-from sections.store.indexing import Indexing
-from sections.store.lifecycle import Lifecycle, check_collection, check_model
-from sections.store.batches import BatchStore
-from sections.store.searching import Searching
-from sections.engine.tokens import LongInputPolicy
+from sections.records import (DEFAULT_COLLECTION, Embedder, IngestSummary, Selection)
+from sections.store.batches import Batches
+from sections.store.delegation import DelegatedTo
+from sections.store.indexing import Indexes
+from sections.store.lifecycle import Lifecycle, check_model
+from sections.store.searching import Searches
+from sections.store.writes import Writes
 
-__all__ = ["SupabaseStore", "section_text", "content_hash", "index_name", "LONG_INPUT_DEFAULT"]
+__all__ = ["SupabaseStore", "LONG_INPUT_DEFAULT"]
 
 LONG_INPUT_DEFAULT = LongInputPolicy.AVERAGE.value
 
 
-class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
+class SupabaseStore:
     """Sections, embeddings and failures in Postgres/pgvector; bulk writes; search."""
 
     DEFAULT_CHUNK = DEFAULT_CHUNK
@@ -74,22 +74,24 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         """Connect (``database_url``, else ``$DATABASE_URL``, else the embedded Postgres in ``data_dir``).
 
         ``max_index_memory`` (``2GB``, ``512MB``): the most ``maintenance_work_mem`` an index build
-        asks for (``sections.postgres.index_build`` says how it is chosen).
+        asks for (``postgres.index_build`` says how it is chosen).
 
         ``prepare_threshold=None`` keeps psycopg from preparing statements, which the Supabase
         transaction pooler (PgBouncer/Supavisor, port 6543) cannot keep across transactions.
         """
         if max_size < 2:
             raise ValueError("max_size must be at least 2 (ingest reads and writes at once)")
-        index_build.parse_kb(max_index_memory)  # a bad value fails here, not after a long ingest
-        self.auto_index_min_rows = auto_index_min_rows
-        self.max_index_memory = max_index_memory
+        # first, so a bad max_index_memory fails before a database opens
+        self.indexes = Indexes(self.connection, auto_index_min_rows, max_index_memory)
         self.database = Database(database_url, data_dir=data_dir, min_size=min_size, max_size=max_size,
                                  migrate=migrate, prepare_threshold=prepare_threshold, connect_timeout=connect_timeout)
         self.url_masked = self.database.url_masked
         self.backend = PostgresBackend(self.database)
-
-    # -- lifecycle ----------------------------------------------------------------------------------
+        self.jobs = PostgresJobs(self.backend)
+        self.writes = Writes(self.database, self.backend)
+        self.lifecycle = Lifecycle(self.database, self.backend, self.jobs)
+        self.batches = Batches(self.backend, self.jobs, self.indexes)
+        self.searches = Searches(self.database.connection)
 
     def close(self) -> None:
         self.database.close()
@@ -107,28 +109,16 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         """A pooled connection (autocommit; use ``conn.transaction()``), as a context manager."""
         return self.database.connection()
 
-    # -- sections -----------------------------------------------------------------------------------
+    @property
+    def auto_index_min_rows(self) -> int:
+        """Vectors of one dimension after which an ingest builds its missing index (the indexes' policy)."""
+        return self.indexes.auto_index_min_rows
 
-    def upsert_sections(self, sections: Iterable[Any], *, chunk_size: int = 5000,
-                        collection: str = DEFAULT_COLLECTION) -> int:
-        """Insert or update sections (dicts or objects with id/title/content/metadata) in bulk.
+    @auto_index_min_rows.setter
+    def auto_index_min_rows(self, rows: int) -> None:
+        self.indexes.auto_index_min_rows = rows
 
-        A missing ``metadata`` keeps what is stored; ``updated_at`` moves only when something
-        changed. Raises ValueError (before writing that chunk) for a section that cannot be stored
-        or whose id another collection holds. Returns the number of rows inserted or changed.
-        """
-        check_collection(collection)
-        total = 0
-        for chunk in chunked(sections, chunk_size):
-            rejected: list[Rejected] = []
-            rows = dedupe(valid_sections(chunk, rejected))
-            if rejected:
-                raise ValueError(f"section {rejected[0].section_id!r}: {rejected[0].reason}")
-            if rows and (foreign := self.backend.foreign_sections([row.id for row in rows], collection)):
-                section_id, other = next(iter(foreign.items()))
-                raise ValueError(f"section {section_id!r} is stored in collection {other!r}")
-            total += self.backend.upsert_sections(rows, collection) if rows else 0
-        return total
+    # -- sections and vectors, read directly -------------------------------------------------------
 
     def get_section(self, section_id: str) -> pg_sections.StoredSection | None:
         with self.connection() as conn:
@@ -137,38 +127,6 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
     def delete_sections(self, section_ids: Iterable[str]) -> int:
         with self.connection() as conn:
             return pg_sections.delete_sections(conn, list(section_ids))
-
-    # -- vectors, written directly ------------------------------------------------------------------
-
-    def write_embeddings(self, model_name: str, rows: Iterable[Sequence[Any]], *,
-                         requested_dimensions: int | None = None, long_input: str | None = None,
-                         batch_size: int = 5000) -> int:
-        """Store vectors you already have: rows are ``(section_id, vector[, token_count[, content_hash]])``.
-
-        The sections must exist. One transaction per ``batch_size`` rows; returns rows written.
-        Raises ValueError for a vector pgvector cannot store (NaN, infinity, 0 or > 16000 dims).
-        """
-        check_model(model_name)
-        settings = EmbeddingSettings(model_name, requested_dimensions,
-                                     None if long_input is None else LongInputPolicy.parse(long_input))
-        total = 0
-        for chunk in chunked(rows, batch_size):
-            batch = [_vector_row(row) for row in chunk]
-            with self.connection() as conn, conn.transaction():
-                result = vectors.write_embeddings(conn, settings, batch)
-                if result.rejected:
-                    raise ValueError(f"section {result.rejected[0].section_id!r}: {result.rejected[0].reason}")
-                if result.missing:
-                    raise ValueError(f"{len(result.missing)} section(s) do not exist, e.g. {result.missing[0]!r}")
-            total += result.written
-        return total
-
-    def record_failures(self, model_name: str, failures: Mapping[str, str] | Iterable[tuple[str, str]]) -> int:
-        """Upsert failures ({section id: reason}); attempts go up by one each time."""
-        check_model(model_name)
-        items = failures.items() if isinstance(failures, Mapping) else failures
-        with self.connection() as conn, conn.transaction():
-            return vectors.write_failures(conn, model_name, [FailureRow(i, r) for i, r in items])
 
     def stored_hashes(self, model_name: str, section_ids: Sequence[str]) -> dict[str, bytes]:
         """The content hash stored with each of these sections' vectors for ``model_name``."""
@@ -210,7 +168,7 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune)
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
         if build_index is not False:
-            self._index_after_ingest(settings.model, build_index, run.summary, on_index_progress)
+            self.indexes.after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
             run.summary["pruned_count"] = run.pruned.deleted.sections
         return run.summary
@@ -253,13 +211,34 @@ class SupabaseStore(Lifecycle, Indexing, BatchStore, Searching):
         more and no valid index (their searches read every vector). With ``model_name``, only that
         model (present even with nothing stored)."""
         with self.connection() as conn:
-            return pg_status.status(conn, model_name, top_reasons, collection, self.auto_index_min_rows)
+            return pg_status.status(conn, model_name, top_reasons, collection, self.indexes.auto_index_min_rows)
 
+    # -- the parts' own operations, each handed to the part that does it -----------------------------
 
-def _vector_row(row: Sequence[Any]) -> VectorRow:
-    """A caller's ``(id, vector[, tokens[, hash]])`` as a row; a full, well-typed tuple is one already
-    (the writer reads rows by position), which spares a copy per row on bulk loads."""
-    if len(row) == 4 and type(row[0]) is str and type(row[2]) is int:
-        return cast(VectorRow, row)
-    return VectorRow(str(row[0]), row[1], int(row[2]) if len(row) > 2 and row[2] is not None else 0,
-                     row[3] if len(row) > 3 else None)
+    upsert_sections = DelegatedTo("writes", Writes.upsert_sections)
+    write_embeddings = DelegatedTo("writes", Writes.write_embeddings)
+    record_failures = DelegatedTo("writes", Writes.record_failures)
+
+    delete = DelegatedTo("lifecycle", Lifecycle.delete)
+    selected_ids = DelegatedTo("lifecycle", Lifecycle.selected_ids)
+    collections = DelegatedTo("lifecycle", Lifecycle.collections)
+    workers = DelegatedTo("lifecycle", Lifecycle.workers)
+    drop_model = DelegatedTo("lifecycle", Lifecycle.drop_model)
+    due_sections = DelegatedTo("lifecycle", Lifecycle.due_sections)
+    change_feed = DelegatedTo("lifecycle", Lifecycle.change_feed)
+    watch = DelegatedTo("lifecycle", Lifecycle.watch)
+    share_budget = DelegatedTo("lifecycle", Lifecycle.share_budget)
+
+    build_index = DelegatedTo("indexes", Indexes.build_index)
+    update_indexes = DelegatedTo("indexes", Indexes.update_indexes)
+    has_index = DelegatedTo("indexes", Indexes.has_index)
+
+    batch_ingest = DelegatedTo("batches", Batches.batch_ingest)
+    batch_sync = DelegatedTo("batches", Batches.batch_sync)
+    collect_batches = DelegatedTo("batches", Batches.collect_batches)
+    batch_jobs = DelegatedTo("batches", Batches.batch_jobs)
+    cancel_batch = DelegatedTo("batches", Batches.cancel_batch)
+
+    search_by_vector = DelegatedTo("searches", Searches.search_by_vector)
+    search = DelegatedTo("searches", Searches.search)
+    match_sections = DelegatedTo("searches", Searches.match_sections)
