@@ -15,7 +15,7 @@ from bench.report import Result, median, spread
 from sections.postgres.embedded import EmbeddedPostgres
 from sections.reading.sample_corpus import stdlib_sections
 from sections.simulator.server import SimulatorProcess
-from sections.store.supabase_store import section_text
+from sections.fingerprint import section_text
 
 SETTINGS = {"shuffle": True, "error_rate": 0.02, "latency_base": 0.01, "seed": 7}
 

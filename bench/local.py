@@ -25,7 +25,8 @@ from sections.postgres.embedded import EmbeddedPostgres
 from sections.engine.service import EmbeddingService
 from sections.reading.sample_corpus import stdlib_sections
 from sections.reading.sources import open_sources
-from sections.store.supabase_store import SupabaseStore, section_text
+from sections.fingerprint import section_text
+from sections.store.supabase_store import SupabaseStore
 
 
 def run_raw(model, texts: list[str]) -> tuple[float, np.ndarray]:

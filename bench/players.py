@@ -283,7 +283,8 @@ def fresh_database(pg, name: str) -> str:
 def ingest_end_to_end(base_url: str, sections: list[dict], database_url: str,
                       dimensions: int | None = None) -> tuple[Run, Score]:
     """Ours through the store: time ``batch_ingest_embeddings``, then read every stored vector back."""
-    from sections.store.supabase_store import SupabaseStore, section_text
+    from sections.fingerprint import section_text
+    from sections.store.supabase_store import SupabaseStore
 
     with SupabaseStore(database_url) as store:
         service = _service(base_url, dimensions)

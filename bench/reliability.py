@@ -58,7 +58,8 @@ import psycopg
 from psycopg import sql
 
 from sections.simulator.server import SimulatorProcess, expected_embedding
-from sections.store.supabase_store import SupabaseStore, section_text
+from sections.fingerprint import section_text
+from sections.store.supabase_store import SupabaseStore
 from sections.engine.tokens import TiktokenTokenizer
 
 MODEL = "text-embedding-3-small"

@@ -15,7 +15,7 @@ from bench.report import Result, median, spread
 from sections.postgres.embedded import EmbeddedPostgres
 from sections.reading.sample_corpus import stdlib_sections
 from sections.simulator.server import SimulatorProcess
-from sections.store.supabase_store import section_text
+from sections.fingerprint import section_text
 
 SETTINGS = {"latency_base": 0.2, "latency_per_token": 5e-6}
 TARGET = 0.15

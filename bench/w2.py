@@ -11,7 +11,7 @@ from bench import players as P
 from bench.report import Result, median, spread
 from sections.reading.sample_corpus import stdlib_sections
 from sections.simulator.server import SimulatorProcess
-from sections.store.supabase_store import section_text
+from sections.fingerprint import section_text
 
 TARGET = 0.95
 

@@ -27,7 +27,8 @@ from bench.players import fresh_database
 from bench.report import Result, median, spread
 from sections.postgres import vectors as vector_writer
 from sections.postgres.embedded import EmbeddedPostgres
-from sections.store.supabase_store import SupabaseStore, content_hash
+from sections.fingerprint import content_hash
+from sections.store.supabase_store import SupabaseStore
 
 
 def _rows(n: int, dims: int, seed: int = 0):
