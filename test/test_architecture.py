@@ -89,6 +89,9 @@ ALLOWED: dict[str, set[str]] = {
     "sections.integrations.langchain": {"sections.integrations.common", "sections.engine.service",
                                         "sections.fingerprint", "sections.providers.local", "sections.records",
                                         "sections.store.supabase_store"},
+    "sections.integrations.llama_index": {"sections.integrations.common", "sections.engine.service",
+                                          "sections.fingerprint", "sections.providers.local", "sections.records",
+                                          "sections.store.supabase_store"},
     # the seed's faces re-export; nothing in the package imports them
     "core": LEAVES,
     "core.embedding_service": {"sections.engine", "sections.providers", "sections.records"},
