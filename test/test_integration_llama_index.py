@@ -149,7 +149,8 @@ async def test_async_methods(store, embed_model):
 
 def test_unchanged_nodes_are_not_written_again(store, embed_model, db):
     store.add(_nodes(embed_model, *SPECS))
-    versions = lambda: dict(db.execute("select section_id, xmin::text from section_embeddings").fetchall())  # noqa: E731
+    versions = lambda: dict(db.execute(  # noqa: E731
+        "select section_id, xmin::text from section_embeddings").fetchall())
     before = versions()
     edited = [SPECS[0], ("n2", "green apple, sliced", SPECS[1][2], "doc-a"), SPECS[2]]
     store.add(_nodes(embed_model, *edited))

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from sections.engine.service import EmbeddingService
-from sections.records import (DEFAULT_COLLECTION, EmbeddingOutcome, EmbeddingSettings, IngestSummary, Section,
-                              collection_problem, section_problem)
+from sections.records import (Embedder, EmbeddingOutcome, EmbeddingSettings, IngestSummary, Section, collection_problem,
+                              section_problem)
 from sections.store.supabase_store import SupabaseStore
 
 __all__ = ["FrameworkEmbedder", "NotStored", "OpenedStore", "as_sections", "embed_texts", "foreign_model_name",
@@ -147,13 +147,14 @@ class NotStored(RuntimeError):
         self.summary = summary
 
 
-def ingest_all(opened: OpenedStore, sections: list[Section], embedder: Any, chunk_size: int | None = None) -> IngestSummary:
+def ingest_all(opened: OpenedStore, sections: list[Section], embedder: Embedder,
+               chunk_size: int | None = None) -> IngestSummary:
     """Store ``sections`` in the collection and embed the ones new or changed since they were
     stored (the rest are skipped); ``NotStored`` when any was not embedded."""
     if not sections:
         return IngestSummary(success_count=0, failed_count=0, total_tokens=0, failed_ids=[], skipped_count=0, errors={})
-    options = {} if chunk_size is None else {"chunk_size": max(1, int(chunk_size))}
-    summary = opened.store.ingest(sections, embedder, collection=opened.collection, **options)
+    chunk = SupabaseStore.DEFAULT_CHUNK if chunk_size is None else max(1, int(chunk_size))
+    summary = opened.store.ingest(sections, embedder, collection=opened.collection, chunk_size=chunk)
     if summary["failed_count"]:
         raise NotStored(summary)
     return summary

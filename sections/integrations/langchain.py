@@ -114,7 +114,8 @@ def _equality(key: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         if list(value) != ["$eq"]:
             other = next((str(op) for op in value if op != "$eq"), "an empty dict")
-            raise ValueError(f"filter on {key!r}: {other} is not supported; SectionsVectorStore filters by {_SUPPORTED}")
+            raise ValueError(f"filter on {key!r}: {other} is not supported; "
+                             f"SectionsVectorStore filters by {_SUPPORTED}")
         value = value["$eq"]
     if not isinstance(value, SCALARS):
         raise ValueError(f"filter on {key!r}: {type(value).__name__} values are not supported; "

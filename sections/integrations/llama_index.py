@@ -65,8 +65,8 @@ class SectionsEmbedding(BaseEmbedding):
             raise ValueError("api_base and base_url name the same server: give one")
         service = EmbeddingService(api_key=api_key, model=model, base_url=api_base or base_url, dimensions=dimensions,
                                    **options)
-        super().__init__(model_name=service.model, embed_batch_size=embed_batch_size, base_url=service.base_url,
-                         dimensions=dimensions, callback_manager=callback_manager)
+        super().__init__(model_name=service.model, embed_batch_size=embed_batch_size,  # type: ignore[call-arg]
+                         base_url=service.base_url, dimensions=dimensions, callback_manager=callback_manager)
         self._service = service
 
     @classmethod
@@ -165,7 +165,7 @@ class SectionsVectorStore(BasePydanticVectorStore):
                  model_name: str | None = None):
         settings = _settings(embed_model, model_name)
         opened = OpenedStore(database_url, connection, collection_name)
-        super().__init__(collection_name=collection_name, model_name=settings.model)
+        super().__init__(collection_name=collection_name, model_name=settings.model)  # type: ignore[call-arg]
         self._settings = settings
         self._opened = opened
 
