@@ -85,7 +85,8 @@ ALLOWED: dict[str, set[str]] = {
     "sections.cli.app": {"sections"},  # the top: it may use anything
     # the framework integrations: on top, beside the CLI, over the two faces
     "sections.integrations": LEAVES,
-    "sections.integrations.common": {"sections.engine.service", "sections.records", "sections.store.supabase_store"},
+    "sections.integrations.common": {"sections.engine.service", "sections.records", "sections.redact",
+                                     "sections.store.supabase_store"},
     "sections.integrations.langchain": {"sections.integrations.common", "sections.engine.service",
                                         "sections.fingerprint", "sections.providers.local", "sections.records",
                                         "sections.store.supabase_store"},

@@ -187,3 +187,18 @@ def test_indexing_api_cleanup_and_skip_unchanged(database_url, sim):
                      key_encoder="sha256")["num_added"] == 3
         assert sim.stats()["inputs"] == sent
     embeddings.close()
+
+
+class _Refusing(DeterministicFakeEmbedding):
+    """An embedding function whose provider refuses the key, and says so with the key in the message."""
+
+    def embed_documents(self, texts):
+        raise PermissionError("401: invalid api key sk-proj-abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def test_a_foreign_function_that_fails_fails_its_texts_without_the_key(database_url):
+    with SectionsVectorStore(_Refusing(size=4), database_url=database_url) as store:
+        with pytest.raises(NotStored, match="PermissionError: 401") as raised:
+            store.add_texts(["one", "two"], ids=["1", "2"])
+        assert raised.value.summary["failed_ids"] == ["1", "2"] and "abcdefghij" not in str(raised.value)
+        assert store.get_by_ids(["1"])[0].page_content == "one"  # stored, due: the next add embeds it

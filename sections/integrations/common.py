@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sections.engine.service import EmbeddingService
+from sections.redact import mask_secrets
 from sections.records import (Embedder, EmbeddingOutcome, EmbeddingSettings, IngestSummary, Section, collection_problem,
                               section_problem)
 from sections.store.supabase_store import SupabaseStore
@@ -81,7 +82,7 @@ class FrameworkEmbedder:
                 if len(vectors) != len(batch):
                     raise RuntimeError(f"the embedding function returned {len(vectors)} vectors for {len(batch)} texts")
             except Exception as error:  # a foreign function's failure is the batch's, reported per text
-                reason = f"{type(error).__name__}: {error}"
+                reason = mask_secrets(f"{type(error).__name__}: {error}")  # stored, and shown: no key in it
                 yield from (EmbeddingOutcome(key, None, 0, reason) for key, _ in batch)
                 continue
             for (key, _), vector in zip(batch, vectors):
