@@ -24,7 +24,7 @@ def run(quick: bool = False) -> Result:
     count, repeats = (100, 1) if quick else (1000, 3)
     sections = stdlib_sections(count)
     texts = [section_text(s["title"], s["content"]) for s in sections]
-    players = [P.ONE_PER_SECTION, P.LEGACY, *P.PEERS, P.OURS]
+    players = [P.ONE_PER_SECTION, P.LEGACY, *P.PEERS, *P.SWAPPED, P.OURS]
     tally = P.Tally()
     with SimulatorProcess(**SETTINGS) as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         for repeat in range(repeats):

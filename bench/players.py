@@ -234,6 +234,22 @@ def _llamaindex(base_url: str, dimensions: int | None) -> Embed:
     return lambda texts: _as_arrays(client.get_text_embedding_batch(texts))
 
 
+def _langchain_ours(base_url: str, dimensions: int | None) -> Embed:
+    """The LangChain row's user code with only the class swapped: ``OpenAIEmbeddings`` → ``SectionsEmbeddings``."""
+    from sections.integrations.langchain import SectionsEmbeddings
+
+    client = SectionsEmbeddings(model=MODEL, api_key=API_KEY, base_url=base_url, dimensions=dimensions)
+    return lambda texts: _as_arrays(client.embed_documents(texts))
+
+
+def _llamaindex_ours(base_url: str, dimensions: int | None) -> Embed:
+    """The LlamaIndex row's user code with only the class swapped: ``OpenAIEmbedding`` → ``SectionsEmbedding``."""
+    from sections.integrations.llama_index import SectionsEmbedding
+
+    client = SectionsEmbedding(model=MODEL, api_key=API_KEY, api_base=base_url, dimensions=dimensions)
+    return lambda texts: _as_arrays(client.get_text_embedding_batch(texts))
+
+
 ONE_PER_SECTION = Player("one request per section (seed's before)", _sequential(1),
                          note="official client, sequential")
 BARE_POOL_THREADS = 16
@@ -247,8 +263,13 @@ LLAMAINDEX = Player("LlamaIndex OpenAIEmbedding", _llamaindex, sends=lambda text
                     peer="llama-index-embeddings-openai",
                     note="defaults: 100 inputs/request, sequential; sends newlines as spaces")
 OURS = Player("ours: batch_generate_embeddings", _ours, note="packed by tokens, parallel")
+LANGCHAIN_OURS = Player("LangChain with our Embeddings", _langchain_ours,
+                        note="the LangChain user code, SectionsEmbeddings instead of OpenAIEmbeddings")
+LLAMAINDEX_OURS = Player("LlamaIndex with our embedding", _llamaindex_ours,
+                         note="the LlamaIndex user code, SectionsEmbedding instead of OpenAIEmbedding")
 
 PEERS = (LANGCHAIN, LLAMAINDEX)
+SWAPPED = (LANGCHAIN_OURS, LLAMAINDEX_OURS)  # the peers' user code over our engine (sections.integrations)
 
 
 def require_peers() -> None:

@@ -25,7 +25,7 @@ def run(quick: bool = False) -> Result:
     count, sample, repeats = (100, 10, 2) if quick else (1000, 100, 5)
     sections = stdlib_sections(count)
     texts = [section_text(s["title"], s["content"]) for s in sections]
-    timed = [P.BARE_POOL, P.LEGACY, *P.PEERS, P.OURS]
+    timed = [P.BARE_POOL, P.LEGACY, *P.PEERS, *P.SWAPPED, P.OURS]
     tally = P.Tally()
     with SimulatorProcess(**SETTINGS) as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         result, score = P.scored(P.ONE_PER_SECTION, sim.base_url, texts[:sample])

@@ -83,6 +83,16 @@ ALLOWED: dict[str, set[str]] = {
     "sections.cli.search": {"sections.cli.common", "sections.cli.lifecycle", "sections.cli.console",
                             "sections.engine.errors", "sections.records"},
     "sections.cli.app": {"sections"},  # the top: it may use anything
+    # the framework integrations: on top, beside the CLI, over the two faces
+    "sections.integrations": LEAVES,
+    "sections.integrations.common": {"sections.engine.service", "sections.records", "sections.redact",
+                                     "sections.store.supabase_store"},
+    "sections.integrations.langchain": {"sections.integrations.common", "sections.engine.service",
+                                        "sections.fingerprint", "sections.providers.local", "sections.records",
+                                        "sections.store.supabase_store"},
+    "sections.integrations.llama_index": {"sections.integrations.common", "sections.engine.service",
+                                          "sections.fingerprint", "sections.providers.local", "sections.records",
+                                          "sections.store.supabase_store"},
     # the seed's faces re-export; nothing in the package imports them
     "core": LEAVES,
     "core.embedding_service": {"sections.engine", "sections.providers", "sections.records"},
@@ -212,3 +222,12 @@ def test_typed_core_passes_mypy_strict() -> None:
     done = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental"], cwd=ROOT, capture_output=True,
                           text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_the_frameworks_stay_optional() -> None:
+    """The core never loads LangChain or LlamaIndex: only ``sections.integrations`` imports them."""
+    probe = ("import sys, sections, sections.cli.app, sections.engine.service, sections.store.supabase_store, "
+             "sections.integrations; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "{'langchain_core', 'llama_index', 'langchain'}))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -47,7 +47,7 @@ def test_writes_tables_plot_and_data_for_every_scenario(quick_run):
 
 def test_correctness_check_catches_misplaced_vectors(quick_run):
     rows = _rows(json.loads((quick_run / "results.json").read_text())["correctness"])
-    for name in (P.OURS.name, P.LEGACY.name, P.END_TO_END):
+    for name in (P.OURS.name, P.LEGACY.name, P.END_TO_END, *[p.name for p in P.SWAPPED]):
         wrong, failed, lost = rows[name][1:4]
         assert (wrong, lost) == (0, 0), rows[name]
     for peer in P.PEERS:  # shuffled replies, read in order: nearly every vector lands on the wrong text
@@ -56,7 +56,7 @@ def test_correctness_check_catches_misplaced_vectors(quick_run):
 
 def test_every_w1_player_embeds_every_text_right(quick_run):
     rows = _rows(json.loads((quick_run / "results.json").read_text())["w1"])
-    for name in (P.LEGACY.name, *[p.name for p in P.PEERS], P.OURS.name, P.END_TO_END):
+    for name in (P.LEGACY.name, *[p.name for p in P.PEERS], *[p.name for p in P.SWAPPED], P.OURS.name, P.END_TO_END):
         right, total = rows[name][5].split("/")
         assert right == total and rows[name][6] == 0, rows[name]
 

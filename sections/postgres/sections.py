@@ -6,7 +6,7 @@ one ``INSERT … ON CONFLICT``: never a statement per row.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -15,8 +15,8 @@ from psycopg.types.json import Jsonb
 
 from sections.records import Deleted, Section, Selection
 
-__all__ = ["StoredSection", "delete_sections", "delete_selected", "foreign_sections", "get_section", "selected_ids",
-           "stored_hashes", "upsert_sections"]
+__all__ = ["StoredSection", "delete_sections", "delete_selected", "find_sections", "foreign_sections", "get_section",
+           "selected_ids", "stored_hashes", "upsert_sections"]
 
 _STAGE = "_sections_stage_v2"  # named by its columns' version: a pooled session may hold an older one
 _STAGE_DDL = (
@@ -90,6 +90,26 @@ def get_section(conn: psycopg.Connection[Any], section_id: str) -> StoredSection
         return None
     return StoredSection(id=row[0], title=row[1], content=row[2], metadata=row[3], collection=row[4], source=row[5],
                          updated_at=row[6])
+
+
+_FIND = """
+select id, title, content, metadata, collection, source, updated_at from sections s
+ where s.collection = %(collection)s
+   and (%(ids)s::text[] is null or s.id = any(%(ids)s))
+   and (%(metadata)s::jsonb is null or s.metadata @> %(metadata)s)
+ order by s.id
+"""
+
+
+def find_sections(conn: psycopg.Connection[Any], collection: str, ids: Sequence[str] | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> list[StoredSection]:
+    """The sections of ``collection`` with one of ``ids`` (None: any) whose metadata contains
+    ``metadata`` (jsonb ``@>``; None: any), in id order: what a framework's get-by-ids and
+    delete-by-document read (they speak of a collection's rows by id and by metadata)."""
+    params = {"collection": collection, "ids": None if ids is None else list(ids),
+              "metadata": None if metadata is None else Jsonb(dict(metadata))}
+    return [StoredSection(id=r[0], title=r[1], content=r[2], metadata=r[3], collection=r[4], source=r[5],
+                          updated_at=r[6]) for r in conn.execute(_FIND, params).fetchall()]
 
 
 def delete_sections(conn: psycopg.Connection[Any], section_ids: Sequence[str]) -> int:

@@ -21,7 +21,7 @@ on. Everything else (quotes, SQL, any Unicode, megabytes) is stored verbatim.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -38,11 +38,11 @@ from sections.postgres import status as pg_status
 from sections.postgres import vectors
 from sections.postgres.backend import PostgresBackend, PostgresJobs
 from sections.postgres.database import Database
-from sections.records import (DEFAULT_COLLECTION, Embedder, IngestSummary, Selection)
+from sections.records import DEFAULT_COLLECTION, Embedder, IngestSummary, SearchFilter, Selection
 from sections.store.batches import Batches
 from sections.store.delegation import DelegatedTo
 from sections.store.indexing import Indexes
-from sections.store.lifecycle import Lifecycle, check_model
+from sections.store.lifecycle import Lifecycle, check_collection, check_model
 from sections.store.searching import Searches
 from sections.store.writes import Writes
 
@@ -123,6 +123,19 @@ class SupabaseStore:
     def get_section(self, section_id: str) -> pg_sections.StoredSection | None:
         with self.connection() as conn:
             return pg_sections.get_section(conn, section_id)
+
+    def find_sections(self, ids: Iterable[str] | None = None, *, collection: str = DEFAULT_COLLECTION,
+                      metadata: Mapping[str, Any] | None = None) -> list[pg_sections.StoredSection]:
+        """The sections of ``collection`` with one of ``ids`` (None: any) whose metadata contains
+        ``metadata`` (None: any), in id order; ids that are not there are left out."""
+        check_collection(collection)
+        if metadata is not None and (problem := SearchFilter(metadata=metadata).problem()):
+            raise ValueError(problem)
+        wanted = None if ids is None else list(ids)
+        if wanted is not None and not wanted:
+            return []
+        with self.connection() as conn:
+            return pg_sections.find_sections(conn, collection, wanted, metadata)
 
     def delete_sections(self, section_ids: Iterable[str]) -> int:
         with self.connection() as conn:
