@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.redraw:
         require_peers()
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else ROOT / "bench")
-    out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
+    if args.redraw and not store.exists():
+        parser.error(f"--redraw: no {store} to redraw from")
+    out.mkdir(parents=True, exist_ok=True)
     entries = json.loads(store.read_text()) if store.exists() else {}
     for key in [] if args.redraw else args.scenarios or list(SCENARIOS):
         print(f"running {key} …", flush=True)

@@ -202,6 +202,30 @@ def known_flags() -> set[str]:
     return flags
 
 
+# -- the Supabase RPC examples ---------------------------------------------------------------------------
+
+RPC_MARK = "<!-- rpc:examples"
+
+
+def rpc_calls(page: Path) -> list[tuple[str, set[str]]]:
+    """Each ``supabase.rpc('function', {...})`` of the ``js`` fence after the ``rpc:examples``
+    mark: the function and the parameter names its object gives (top-level keys only)."""
+    text = page.read_text(encoding="utf-8")
+    js = text.split(RPC_MARK, 1)[1].split("```js", 1)[1].split("```", 1)[0]
+    js = re.sub(r"//[^\n]*", "", js)
+    calls = []
+    for call in re.finditer(r"rpc\('(\w+)',\s*\{", js):
+        depth, at, top = 1, call.end(), []
+        while depth:
+            char = js[at]
+            depth += {"{": 1, "[": 1, "}": -1, "]": -1}.get(char, 0)
+            if depth == 1 and char not in "}]":
+                top.append(char)
+            at += 1
+        calls.append((call.group(1), set(re.findall(r"(\w+)\s*:", "".join(top)))))
+    return calls
+
+
 # -- the generated command reference -------------------------------------------------------------------
 
 def _cell(text: str) -> str:

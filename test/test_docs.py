@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from docs_pages import (DOCS, ROOT, Mark, commands, examples, inline_code, known_flags, page_name, pages, refusal,
-                        with_reference)
+                        rpc_calls, with_reference)
 
 EXAMPLES = [example for page in pages() for example in examples(page)]
 RUN_PAGES = [page for page in pages() if any(example.mark is Mark.RUN for example in examples(page))]
@@ -143,6 +143,14 @@ def test_every_option_the_prose_names_exists():
     named = [(page_name(page), line, flag) for page in pages() for line, code in inline_code(page)
              if not code.startswith("sections ") for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code)]
     assert [f"{page}:{line}: {flag}" for page, line, flag in named if flag not in flags] == []
+
+
+def test_the_rpc_examples_name_parameters_the_sql_functions_have(db):
+    calls = rpc_calls(DOCS / "supabase.md")
+    assert {name for name, _ in calls} == {"match_sections", "hybrid_match_sections"}
+    for name, given in calls:
+        overloads = [set(row[0]) for row in db.execute("select proargnames from pg_proc where proname = %s", [name])]
+        assert any(given <= parameters for parameters in overloads), (name, given, overloads)
 
 
 def test_the_command_reference_is_generated_from_the_cli():
