@@ -31,17 +31,22 @@ from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import typer.main
 from markdown_it import MarkdownIt
 
+if __name__ == "__main__":  # run as a script: the repository's packages import as they do under pytest
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.pages import filled  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLE_LANGUAGES = {"bash", "sh", "shell", "python"}
 MARK = re.compile(r"<!--\s*(run|not run:\s*(?P<reason>\S.*?))\s*-->")
-REFERENCE_BEGIN, REFERENCE_END = "<!-- cli:reference -->", "<!-- /cli:reference -->"
+REFERENCE_BLOCK = ("<!-- cli:reference -->", "<!-- /cli:reference -->")
 SEPARATORS = {"&&", "||", "|", ";", "&"}
 REDIRECTIONS = {"<", ">", ">>", "<<", "<<<", ">&", "<&"}
 
@@ -135,7 +140,7 @@ def commands(shell: str) -> list[list[str]]:
                 if argv:
                     found.append(argv)
                 argv = []
-            elif token in REDIRECTIONS or token.rstrip("<>&").isdigit() and token[-1:] in "<>":
+            elif token in REDIRECTIONS:
                 skip = True
             else:
                 argv.append(token)
@@ -156,6 +161,7 @@ def _without_comment(line: str) -> str:
     return line
 
 
+@cache
 def sections_cli() -> Any:
     """The typer app as the click group it builds (typer ships its own click: duck-typed here)."""
     from sections.cli.app import app
@@ -269,10 +275,9 @@ def cli_reference() -> str:
 
 
 def with_reference(text: str) -> str:
-    start, end = text.find(REFERENCE_BEGIN), text.find(REFERENCE_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"docs/commands.md: no {REFERENCE_BEGIN} … {REFERENCE_END} block")
-    return text[:start + len(REFERENCE_BEGIN)] + "\n" + cli_reference() + text[end:]
+    """docs/commands.md's ``text`` with its reference block as the CLI has it now (the block is
+    filled as the benchmark pages' are)."""
+    return filled(text, REFERENCE_BLOCK, cli_reference(), DOCS / "commands.md")
 
 
 def main() -> None:
@@ -285,5 +290,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()
