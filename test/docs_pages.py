@@ -9,6 +9,9 @@ the line above it, an HTML comment that the rendered page does not show:
   database (``DATABASE_URL``), the simulator as the OpenAI server (``OPENAI_BASE_URL``), and a
   working folder holding the small corpus the examples name (``docs/``, ``more.jsonl``,
   ``questions.txt``); a shell block must exit 0 under ``bash -e -o pipefail``.
+- ``<!-- run by test/NAME.py: HOW -->``: run by that test instead, for examples that need more than
+  a subprocess gives (the blocks of docs/integrations.md share one namespace); test/test_docs.py
+  checks that the test exists and reads the page.
 - ``<!-- not run: REASON -->``: what cannot run here (a real OpenAI key or Supabase project, a
   server that runs until stopped, the whole test suite). Its ``sections`` commands are still
   parsed by the real command line, and its Python compiled with its imports resolved.
@@ -45,7 +48,8 @@ from bench.pages import filled  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLE_LANGUAGES = {"bash", "sh", "shell", "python"}
-MARK = re.compile(r"<!--\s*(run|not run:\s*(?P<reason>\S.*?))\s*-->")
+MARK = re.compile(r"<!--\s*(?:(?P<run>run)|run by (?P<test>test/\w+\.py)(?::.*?)?|not run:\s*(?P<reason>\S.*?))\s*-->",
+                  re.DOTALL)
 REFERENCE_BLOCK = ("<!-- cli:reference -->", "<!-- /cli:reference -->")
 SEPARATORS = {"&&", "||", "|", ";", "&"}
 REDIRECTIONS = {"<", ">", ">>", "<<", "<<<", ">&", "<&"}
@@ -61,6 +65,7 @@ def page_name(page: Path) -> str:
 
 class Mark(Enum):
     RUN = "run"
+    RUN_BY = "run by"  # another test runs it: ``Example.reason`` names the test file
     NOT_RUN = "not run"
 
 
@@ -73,7 +78,7 @@ class Example:
     language: str
     code: str
     mark: Mark | None  # None: unmarked, which the test refuses
-    reason: str = ""
+    reason: str = ""  # why it is not run, or the test that runs it
 
     @property
     def where(self) -> str:
@@ -97,9 +102,11 @@ def examples(page: Path) -> list[Example]:
             continue
         before = tokens[at - 1] if at else None
         mark = MARK.fullmatch(before.content.strip()) if before is not None and before.type == "html_block" else None
-        kind = None if mark is None else (Mark.RUN if mark.group(1) == "run" else Mark.NOT_RUN)
-        found.append(Example(page, token.map[0] + 1, language, token.content, kind,
-                             (mark.group("reason") or "") if mark else ""))
+        kind, reason = None, ""
+        if mark is not None:
+            kind = Mark.RUN if mark["run"] else Mark.RUN_BY if mark["test"] else Mark.NOT_RUN
+            reason = mark["test"] or mark["reason"] or ""
+        found.append(Example(page, token.map[0] + 1, language, token.content, kind, reason))
     return found
 
 

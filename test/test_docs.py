@@ -76,6 +76,13 @@ def test_every_example_is_marked_run_or_not_run_with_a_reason():
     assert unmarked == [], "mark each example <!-- run --> or <!-- not run: why --> on the line above it"
 
 
+def test_an_example_run_by_another_test_is_read_by_that_test():
+    for example in EXAMPLES:
+        if example.mark is Mark.RUN_BY:
+            test = ROOT / example.reason
+            assert test.exists() and page_name(example.page) in test.read_text(encoding="utf-8"), example.where
+
+
 def test_most_examples_run():
     not_run = [example for example in EXAMPLES if example.mark is Mark.NOT_RUN]
     assert len(not_run) * 3 <= len(EXAMPLES), [f"{e.where}: {e.reason}" for e in not_run]
