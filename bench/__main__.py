@@ -1,10 +1,11 @@
 """Run the benchmarks: ``python -m bench`` runs every scenario; ``python -m bench w1 write`` some.
 
 Writes ``bench/results.md`` (the tables), ``bench/results.png`` (the plot) and
-``bench/results.json`` (what both are drawn from), and rewrites the README's results block, so no
-number is ever typed by hand. Running some scenarios replaces only theirs; each table keeps the
-machine, versions and date of the run that made it. ``--quick`` runs tiny sizes (a smoke test of
-the harness, written to a temporary folder, never to the README).
+``bench/results.json`` (what both are drawn from), and rewrites the results block of
+docs/benchmarks.md and the README's headline figures (bench/pages.py), so no number is ever typed
+by hand. Running some scenarios replaces only theirs; each table keeps the machine, versions and
+date of the run that made it. ``--quick`` runs tiny sizes (a smoke test of the harness, written to
+a temporary folder, never to the pages).
 
 Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import correctness, local, retrieval, scale, search, startup, w1, w2, workers, write
+from bench import correctness, local, pages, retrieval, scale, search, startup, w1, w2, workers, write
 from bench.players import require_peers
 from bench.plot import draw
 from bench.report import (
@@ -35,7 +36,6 @@ SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "lo
 # What a scenario runs on beyond the common packages, so its table names their versions.
 EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "retrieval": retrieval.PACKAGES, "startup": LOCAL_PACKAGES}
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 
 
 def stamp(result: Result, seconds: float) -> dict:
@@ -46,26 +46,6 @@ def stamp(result: Result, seconds: float) -> dict:
     return entry
 
 
-def as_result(entry: dict) -> Result:
-    return Result(**{k: v for k, v in entry.items() if k != "environment"})
-
-
-def render(entries: dict[str, dict], image: str) -> str:
-    parts = [f"![time per scenario per player]({image})", ""]
-    for key in SCENARIOS:
-        if key in entries:
-            parts += [as_result(entries[key]).markdown(), "", f"<sub>{entries[key]['environment']}</sub>", ""]
-    return "\n".join(parts).rstrip() + "\n"
-
-
-def update_readme(readme: Path, block: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{readme}: no {BEGIN} … {END} block to fill")
-    readme.write_text(text[:start + len(BEGIN)] + "\n" + block + text[end:], encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,28 +53,35 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, proves nothing")
     parser.add_argument("--out", type=Path, help="folder for results.* (default: bench/, or a temporary one with --quick)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="run nothing: redraw the plot, the tables and the pages from results.json")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    require_peers()
+    if args.redraw and (args.scenarios or args.quick):
+        parser.error("--redraw runs no scenario")
+    if not args.redraw:
+        require_peers()
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else ROOT / "bench")
-    out.mkdir(parents=True, exist_ok=True)
     store = out / "results.json"
+    if args.redraw and not store.exists():
+        parser.error(f"--redraw: no {store} to redraw from")
+    out.mkdir(parents=True, exist_ok=True)
     entries = json.loads(store.read_text()) if store.exists() else {}
-    for key in args.scenarios or list(SCENARIOS):
+    for key in [] if args.redraw else args.scenarios or list(SCENARIOS):
         print(f"running {key} …", flush=True)
         started = time.perf_counter()
         result = SCENARIOS[key].run(quick=args.quick)
         entries[key] = stamp(result, time.perf_counter() - started)
         print(result.markdown() + "\n", flush=True)
         store.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    results = [as_result(entries[key]) for key in SCENARIOS if key in entries]
+    results = [pages.as_result(entries[key]) for key in SCENARIOS if key in entries]
     draw(results, out / "results.png")
-    block = render(entries, "results.png")
+    block = pages.tables(entries, list(SCENARIOS), "results.png")
     (out / "results.md").write_text("# Benchmark results (`python -m bench`)\n\n" + block, encoding="utf-8")
     if not args.quick and out.resolve() == ROOT / "bench":
-        update_readme(ROOT / "README.md", render(entries, "bench/results.png"))
+        pages.rewrite(entries, list(SCENARIOS))
     print(f"wrote {out / 'results.md'} and {out / 'results.png'}")
 
 

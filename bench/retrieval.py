@@ -20,8 +20,8 @@ questions through hybrid search (``search_by_vector(question's vector, text=...)
 ``or`` (which a user can type) so that any of them counts; the vector side is the same in both.
 
 ``measure`` needs nothing newer than ``open_sources``, ``SupabaseStore(url)``, ``ingest``,
-``search`` and ``status``, so it also runs against older checkouts of ``core`` (the README's
-"before" numbers come from it).
+``search`` and ``status``, so it also runs against older checkouts of ``core`` (the "before"
+numbers of docs/benchmarks.md come from it).
 """
 from __future__ import annotations
 

@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    readme = (ROOT / "README.md").read_text()
+    shown = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
+    before = [page.read_text() for page in shown]
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (ROOT / "README.md").read_text() == readme, "a --quick run must never touch the README"
+    assert [page.read_text() for page in shown] == before, "a --quick run must never touch the pages"
     return out
 
 
@@ -64,3 +65,16 @@ def test_every_w1_player_embeds_every_text_right(quick_run):
 def test_unknown_scenario_is_refused():
     done = subprocess.run([sys.executable, "-m", "bench", "w9"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown scenario w9" in done.stderr
+
+
+def test_the_pages_show_what_the_stored_results_render():
+    """No benchmark figure is typed by hand: the docs' tables and the README's headline are what
+    ``python -m bench`` renders from bench/results.json (``python -m bench --redraw`` redraws them)."""
+    from bench import pages
+    from bench.__main__ import SCENARIOS
+
+    entries = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    docs = pages.DOCS_PAGE.read_text(encoding="utf-8")
+    readme = pages.README.read_text(encoding="utf-8")
+    assert pages.block(docs, pages.RESULTS_BLOCK) == pages.tables(entries, list(SCENARIOS), "assets/results.png")
+    assert pages.block(readme, pages.HEADLINE_BLOCK) == pages.headline(entries, list(SCENARIOS), "bench/results.png")

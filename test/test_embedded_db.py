@@ -178,5 +178,5 @@ def test_the_cli_reports_an_old_data_dir_in_one_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("error: ") and str(pgdata) in lines[0] and "PostgreSQL 16" in lines[0]
-    assert "README.md (Upgrading the embedded Postgres)" in lines[0]
+    assert "docs/supabase.md (Upgrading the embedded Postgres)" in lines[0]
     assert _snapshot(pgdata) == before

