@@ -53,6 +53,13 @@ class Unit:
         self.vector: np.ndarray | None = None
         self.error: str | None = None
 
+    def count(self, tokenizer: Tokenizer) -> None:
+        """Replace the bound by the exact count. A text always counts the same, so two threads that
+        count one unit at once (the dispatcher while its request is in flight, a worker that needs
+        the count first) agree."""
+        if not self.counted:
+            self.tokens, self.counted = tokenizer.count(self.text), True
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -61,6 +68,10 @@ class Request:
     @property
     def tokens(self) -> int:
         return sum(u.tokens for u in self.units)
+
+    def count(self, tokenizer: Tokenizer) -> None:
+        for unit in self.units:
+            unit.count(tokenizer)
 
     def halves(self) -> tuple[Request, Request]:
         half = len(self.units) // 2
