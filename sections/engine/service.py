@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, List, cast
 
 from openai import OpenAI
@@ -20,7 +19,7 @@ from openai import OpenAI
 from sections.batch.records import BatchLimits
 from sections.engine.batching import Limits
 from sections.engine.cache import VectorCache
-from sections.engine.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy
+from sections.engine.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy, started_pool
 from sections.engine.errors import ProviderFatalError
 from sections.providers import build_provider, choose_provider, resolve_kind, server_url
 from sections.providers.base import ProviderKind, ProviderOptions
@@ -104,8 +103,9 @@ class EmbeddingService:
         # use the service again. The command sets it on Ctrl-C and SIGTERM.
         self.stop_requested = threading.Event()
         self.stop_grace_s = STOP_GRACE_S  # how long replies in flight are awaited after a stop (watch: longer)
-        # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
+        # One pool for the service's lifetime, its threads started now: starting threads per call
+        # costs more than small jobs take, and inside a call they would hold back its first requests.
+        self._pool = started_pool(concurrency)
 
     def close(self) -> None:
         """Stop the worker threads and the HTTP client (the service cannot be used after)."""
