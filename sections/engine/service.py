@@ -168,6 +168,7 @@ class EmbeddingService:
         *,
         max_batch_size: int | None = None,
         window_texts: int = 4096,
+        count_items: bool = True,
     ) -> Iterator[EmbeddingOutcome]:
         """Yield an ``EmbeddingOutcome`` per (key, text) as requests complete, in any order.
 
@@ -175,7 +176,9 @@ class EmbeddingService:
         in memory as Python floats. On quota/auth failures, what is in flight is yielded and then
         ``ProviderFatalError`` is raised; on ``stop_requested``, what arrives within
         ``STOP_GRACE_S`` is yielded and then ``Interrupted`` is raised; items never answered get
-        no outcome.
+        no outcome. Each outcome carries its item's token count, unless ``count_items`` is False
+        (then None, wherever nothing else needed the count): counting is the costliest CPU work
+        of a run, and the bill (``total_tokens``) never depends on it.
         """
         if max_batch_size is not None and not 1 <= max_batch_size <= self.MAX_BATCH_SIZE:
             raise ValueError(f"max_batch_size must be between 1 and {self.MAX_BATCH_SIZE}")
@@ -192,6 +195,7 @@ class EmbeddingService:
             window_texts=max(1, window_texts),
             stop=self.stop_requested,
             stop_grace_s=self.stop_grace_s,
+            count_items=count_items,
         )
         return dispatcher.run(items, max_inputs=max_batch_size)
 
@@ -223,7 +227,9 @@ class EmbeddingService:
         tokens_before = self.usage.tokens
         fatal: ProviderFatalError | None = None
         try:
-            for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo))):
+            # No per-item counts: this API returns none, and its total is the bill.
+            for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo)),
+                                                  count_items=False):
                 position = cast(int, outcome.key)  # the keys given above are input positions
                 if outcome.vector is None:
                     errors[position] = outcome.error or "failed"
