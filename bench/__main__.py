@@ -7,6 +7,10 @@ by hand. Running some scenarios replaces only theirs; each table keeps the machi
 date of the run that made it. ``--quick`` runs tiny sizes (a smoke test of the harness, written to
 a temporary folder, never to the pages).
 
+Before a scenario's results replace the stored ones, its ratios (``Result.metrics``, e.g. W1's
+ours ÷ the bare-pool floor) are compared with theirs: one more than 10% worse is called out in
+the output (``bench/guard.py``).
+
 Peers come from the ``bench`` extra: ``pip install -e '.[bench]'``.
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench import correctness, local, pages, retrieval, scale, search, startup, w1, w2, workers, write
+from bench.guard import regressions
 from bench.players import require_peers
 from bench.plot import draw
 from bench.report import (
@@ -72,9 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     for key in [] if args.redraw else args.scenarios or list(SCENARIOS):
         print(f"running {key} …", flush=True)
         started = time.perf_counter()
+        committed = entries.get(key, {}).get("metrics", {})
         result = SCENARIOS[key].run(quick=args.quick)
         entries[key] = stamp(result, time.perf_counter() - started)
         print(result.markdown() + "\n", flush=True)
+        if not args.quick:  # tiny sizes are no measure of anything the committed results hold
+            for regression in regressions(key, committed, result.metrics):
+                print(f"*** {regression} ***\n", flush=True)
         store.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     results = [pages.as_result(entries[key]) for key in SCENARIOS if key in entries]
     draw(results, out / "results.png")

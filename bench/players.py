@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sections.engine.dispatch import started_pool
 from sections.engine.service import EmbeddingService
 from sections.simulator.server import expected_embedding
 
@@ -199,10 +200,10 @@ def _sequential(per_request: int) -> Callable[[str, int | None], Embed]:
 def _bare_pool(base_url: str, dimensions: int | None) -> Embed:
     """A reference, not a product: the texts cut into 16 equal requests up front and sent at once
     by 16 threads with the official client; no counting, no limits, no retries. What the machine
-    and the simulator allow, so a reader can tell our overhead from theirs."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    and the simulator allow, so a reader can tell our overhead from theirs. Its threads are started
+    before the clock, as a service starts ours when it is built: a floor pays no more than we do."""
     create = _official(base_url, dimensions, max_retries=0)
+    pool = started_pool(BARE_POOL_THREADS)
 
     def one(chunk: list[str]) -> list:
         vectors: list = [None] * len(chunk)
@@ -212,9 +213,11 @@ def _bare_pool(base_url: str, dimensions: int | None) -> Embed:
 
     def embed(texts: list[str]) -> list[np.ndarray | None]:
         size = -(-len(texts) // BARE_POOL_THREADS)
-        with ThreadPoolExecutor(BARE_POOL_THREADS) as pool:
+        try:
             parts = pool.map(one, [texts[i:i + size] for i in range(0, len(texts), size)])
             return _as_arrays([vector for part in parts for vector in part])
+        finally:
+            pool.shutdown(wait=False)
 
     return embed
 

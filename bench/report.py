@@ -18,7 +18,9 @@ class Result:
     """One scenario's outcome: a markdown table plus what the plot needs.
 
     ``plot`` maps a series label to {x: value}; ``plot_kind`` is "bars" (one series, x = the
-    player) or "lines" (x = a size; each series gets its own y axis).
+    player) or "lines" (x = a size; each series gets its own y axis). ``metrics`` are ratios of ours
+    to a reference measured in the same run (lower is better), which the next run's regression
+    guard compares itself with (``bench.guard``).
     """
 
     key: str
@@ -31,6 +33,7 @@ class Result:
     plot_kind: str = "bars"
     plot_ylabel: str = "seconds (median)"
     plot_log: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def markdown(self) -> str:
         parts = [f"### {self.title}", "", self.conditions, "", table(self.header, self.rows)]

@@ -3,7 +3,8 @@
 Every player embeds the same texts (``title\\n\\ncontent`` of stdlib-docstring sections) from the
 same simulator process; players run interleaved (A B C … A B C …) and medians are reported.
 One request per section is timed on a sample and scaled (all of it would take minutes per repeat).
-A bare thread pool (pre-cut requests, nothing counted) shows what the machine itself allows.
+A bare thread pool (pre-cut requests, nothing counted) shows what the machine itself allows;
+ours ÷ that floor (fastest repeats, side by side) is the ratio the regression guard watches.
 Target: ours ≤ 0.15 × the fastest peer.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sections.fingerprint import section_text
 
 SETTINGS = {"latency_base": 0.2, "latency_per_token": 5e-6}
 TARGET = 0.15
+FLOOR_METRIC = "ours ÷ bare-pool floor"
 
 
 def run(quick: bool = False) -> Result:
@@ -59,9 +61,13 @@ def run(quick: bool = False) -> Result:
     ours = median(times[P.OURS.name])
     ratio = ours / fastest_peer
     floor = median(times[P.BARE_POOL.name]) / fastest_peer
-    verdict = (f"Ours (embed only) is {ratio:.3f} × the fastest peer: target ≤ {TARGET} "
-               f"{'met' if ratio <= TARGET else 'NOT met'}. The reference floor on this machine "
-               f"(no counting, no limits, no retries) is {floor:.3f} ×.")
+    # The fastest repeat of each: what a busy machine (other processes on the same cores) spoils least.
+    fastest_ratio = min(times[P.OURS.name]) / min(min(times[p.name]) for p in finished) if finished else float("nan")
+    over_floor = min(times[P.OURS.name]) / min(times[P.BARE_POOL.name])
+    verdict = (f"Ours (embed only) is {ratio:.3f} × the fastest peer ({fastest_ratio:.3f} × by the fastest "
+               f"repeats): target ≤ {TARGET} {'met' if ratio <= TARGET else 'NOT met'}. The reference floor "
+               f"on this machine (no counting, no limits, no retries) is {floor:.3f} ×. "
+               f"Ours ÷ the floor: {over_floor:.2f} (fastest repeats; the regression guard's ratio).")
     return Result(
         key="w1",
         title=f"W1: {count:,} sections of ~350 tokens, no rate limit",
@@ -72,4 +78,5 @@ def run(quick: bool = False) -> Result:
         header=["player", "seconds", "spread", "× fastest peer", "speed-up vs one-by-one", "right vectors",
                 "wrong vectors", "note"],
         rows=rows, verdict=verdict, plot={"seconds": plot}, plot_log=True,
+        metrics={FLOOR_METRIC: round(over_floor, 3)},
     )

@@ -272,7 +272,7 @@ class EmbeddingOutcome:
 
     key: Hashable
     vector: np.ndarray | None
-    tokens: int
+    tokens: int | None  # the item's own count; None when its caller asked for none (it is not the bill)
     error: str | None = None
     transient: bool = False  # failed for the provider's state (down, overloaded), not for the input
 

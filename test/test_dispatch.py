@@ -12,7 +12,9 @@
   ``RetryPolicy.max_attempts``; a reply with the wrong number of vectors is retried, never
   delivered; identical texts are sent once; a fatal stop yields what was in flight and raises;
   a requested stop sends nothing new, yields the replies that arrive within the grace period,
-  abandons the rest and raises ``Interrupted``; the ``Verdict`` kinds; ``plan_units`` on empty and too-long inputs.
+  abandons the rest and raises ``Interrupted``; the ``Verdict`` kinds; ``plan_units`` on empty and too-long inputs;
+  the units of a request in flight are counted by the dispatcher's thread before its reply, a
+  one-input request by its bill, and nothing the run does not need without item counts.
 """
 from __future__ import annotations
 
@@ -95,10 +97,10 @@ class FakeProvider:
 
 
 def dispatcher(provider, limits, *, long_input="average", concurrency=4, window_texts=4096, retry=NO_WAIT,
-               limiter=None, stop=None, stop_grace_s=dispatch.STOP_GRACE_S):
-    return Dispatcher(provider, WordTokenizer(), limits, long_input=long_input, concurrency=concurrency,
+               limiter=None, stop=None, stop_grace_s=dispatch.STOP_GRACE_S, tokenizer=None, count_items=True):
+    return Dispatcher(provider, tokenizer or WordTokenizer(), limits, long_input=long_input, concurrency=concurrency,
                       limiter=limiter or RateLimiter(), retry=retry, usage=Usage("prop-model"), pool=POOL,
-                      window_texts=window_texts, stop=stop, stop_grace_s=stop_grace_s)
+                      window_texts=window_texts, stop=stop, stop_grace_s=stop_grace_s, count_items=count_items)
 
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
@@ -306,6 +308,67 @@ def test_a_multi_input_request_that_keeps_failing_is_split_after_split_after_att
     assert provider.received == ([["first text", "second text"]] * FAST.split_after
                                  + [["first text"]] * FAST.max_attempts + [["second text"]] * FAST.max_attempts)
     assert run.usage.splits == 1
+
+
+class CountingTokenizer(WordTokenizer):
+    """Remembers which thread counted each text."""
+
+    def __init__(self):
+        self.counted_by: dict[str, threading.Thread] = {}
+
+    def count(self, text: str) -> int:
+        self.counted_by[text] = threading.current_thread()
+        return super().count(text)
+
+
+def test_a_request_in_flight_is_counted_by_the_dispatcher_before_its_reply():
+    """The dispatcher's thread counts while it waits, so the workers only send and receive."""
+    tokenizer = CountingTokenizer()
+    items = [("a", "three words here"), ("b", "two words")]
+
+    def answer(texts, call):
+        deadline = time.monotonic() + 5
+        while len(tokenizer.counted_by) < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.001)  # the reply waits until its inputs are counted (or the test fails)
+        return Reply([vector_of(t) for t in texts], 5)  # billed, so the worker has no need to count
+
+    run = dispatcher(StubProvider(answer), ROOMY, tokenizer=tokenizer, stop=threading.Event())
+    got = by_key(list(run.run(items)))
+
+    assert tokenizer.counted_by == {text: threading.current_thread() for _, text in items}
+    assert (got["a"].tokens, got["b"].tokens, run.usage.tokens) == (3, 2, 5)
+
+
+def test_a_one_input_request_is_counted_by_its_bill_not_by_the_tokenizer():
+    tokenizer = CountingTokenizer()
+    run = dispatcher(StubProvider(lambda texts, call: Reply([vector_of(texts[0])], 7)), ROOMY, tokenizer=tokenizer)
+    [outcome] = run.run([("q", "one short query")])
+
+    assert outcome.tokens == 7 and tokenizer.counted_by == {}  # a search never loads the encoding
+
+
+def test_without_item_counts_nothing_is_counted_that_the_run_does_not_need():
+    """``count_items=False`` (the seed's batch API): short inputs are never counted, their outcomes
+    say None; a long input is still counted to be cut, and a reply without a bill for the usage."""
+    class Tight(CountingTokenizer):
+        def bound(self, text: str) -> int:
+            return len(text.split()) + 1  # tight enough that the short inputs fit by it
+
+    limits = Limits(max_inputs=8, max_request_tokens=1000, max_input_tokens=4)
+    items = [("a", "three words here"), ("b", "two words"), ("long", "one two three four five six")]
+    billed = Tight()
+    run = dispatcher(StubProvider(lambda texts, call: Reply([vector_of(t) for t in texts], 99)), limits,
+                     tokenizer=billed, stop=threading.Event(), count_items=False)
+    got = by_key(list(run.run(items)))
+
+    assert (got["a"].tokens, got["b"].tokens, got["long"].tokens) == (None, None, 6)
+    assert got["a"].error is None and np.array_equal(got["a"].vector, vector_of("three words here"))
+    assert set(billed.counted_by) == {"one two three four five six"}  # counted once, to be cut
+    assert run.usage.tokens == 99 * run.usage.requests  # the bill, whatever was counted
+
+    run = dispatcher(StubProvider(lambda texts, call: right(texts)), ROOMY, tokenizer=Tight(), count_items=False)
+    got = by_key(list(run.run(items[:2])))
+    assert (got["a"].tokens, got["b"].tokens, run.usage.tokens) == (3, 2, 5)  # counted for the usage
 
 
 def test_a_reply_with_the_wrong_number_of_vectors_is_retried_not_delivered():

@@ -59,8 +59,7 @@ def _plan_window(window: list[tuple[Hashable, str]], tokenizer: Tokenizer, limit
     """The window's units packed into requests, and where each item's pieces went."""
     units: list[Unit] = list(plan_units(window, tokenizer, limits, policy, ready))
     for unit in units:
-        if not unit.counted:
-            unit.tokens, unit.counted = tokenizer.count(unit.text), True
+        unit.count(tokenizer)
     slots: dict[Hashable, list[Slot]] = {}
     planned = _Window([], [], [], 0)
     for number, request in enumerate(pack(units, limits, _FULL)):

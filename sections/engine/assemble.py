@@ -26,7 +26,7 @@ __all__ = ["Job", "Request", "Unit", "deliver", "fail", "mean_of_pieces", "plan_
 
 class Job:
     """One caller item; long inputs wait for all their pieces. ``tokens`` is None until its one
-    piece is counted (see ``Unit``)."""
+    piece is counted (see ``Unit``), and stays None if nobody counts it."""
 
     __slots__ = ("key", "tokens", "left", "acc", "done")
 
@@ -53,6 +53,18 @@ class Unit:
         self.vector: np.ndarray | None = None
         self.error: str | None = None
 
+    def count(self, tokenizer: Tokenizer) -> None:
+        """Replace the bound by the exact count. A text always counts the same, so two threads that
+        count one unit at once (the dispatcher while its request is in flight, a worker that needs
+        the count first) agree."""
+        if not self.counted:
+            self.tokens, self.counted = tokenizer.count(self.text), True
+
+    @property
+    def exact(self) -> int | None:
+        """The count, or None while only the bound is known."""
+        return self.tokens if self.counted else None
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -61,6 +73,10 @@ class Request:
     @property
     def tokens(self) -> int:
         return sum(u.tokens for u in self.units)
+
+    def count(self, tokenizer: Tokenizer) -> None:
+        for unit in self.units:
+            unit.count(tokenizer)
 
     def halves(self) -> tuple[Request, Request]:
         half = len(self.units) // 2
@@ -71,8 +87,8 @@ def plan_units(window: list[tuple[Hashable, str]], tokenizer: Tokenizer, limits:
                policy: LongInputPolicy, ready: list[EmbeddingOutcome]) -> Iterator[Unit]:
     """Plan each item of a window; yield each distinct text once, as soon as it is planned.
 
-    A text whose upper bound already fits one input is not counted here but by the worker that
-    sends it (see ``sections.engine.dispatch``): counting is the slowest step of planning. Items that cannot
+    A text whose upper bound already fits one input is not counted here but while its request
+    is in flight (see ``sections.engine.dispatch``): counting is the slowest step of planning. Items that cannot
     be sent (empty, or too long under ``fail``) get their outcome in ``ready`` at once.
     """
     units: dict[str, Unit] = {}
@@ -101,9 +117,9 @@ def plan_units(window: list[tuple[Hashable, str]], tokenizer: Tokenizer, limits:
                 unit.waiters.append((job, weight))
                 yield unit
             elif unit.vector is not None:
-                _settle(job, unit.vector, unit.tokens if weight is None else weight, ready)
+                _settle(job, unit.vector, unit.exact if weight is None else weight, ready)
             elif unit.error is not None:
-                _settle_failure(job, unit.error, unit.tokens, ready)
+                _settle_failure(job, unit.error, unit.exact, ready)
             else:
                 unit.waiters.append((job, weight))
 
@@ -113,7 +129,7 @@ def deliver(request: Request, reply: Reply, ready: list[EmbeddingOutcome]) -> No
     for unit, vector in zip(request.units, reply.vectors, strict=True):  # the dispatcher checked the count
         unit.vector = vector
         for job, weight in unit.waiters:
-            _settle(job, vector, unit.tokens if weight is None else weight, ready)
+            _settle(job, vector, unit.exact if weight is None else weight, ready)
         unit.waiters.clear()
 
 
@@ -122,21 +138,22 @@ def fail(units: list[Unit], reason: str, ready: list[EmbeddingOutcome], transien
     for unit in units:
         unit.error = reason
         for job, _ in unit.waiters:
-            _settle_failure(job, reason, unit.tokens, ready, transient)
+            _settle_failure(job, reason, unit.exact, ready, transient)
         unit.waiters.clear()
 
 
-def _settle(job: Job, vector: np.ndarray, weight: int, ready: list[EmbeddingOutcome]) -> None:
+def _settle(job: Job, vector: np.ndarray, weight: int | None, ready: list[EmbeddingOutcome]) -> None:
     """Add one piece's vector to its item; emit the item when its last piece is in."""
     if job.done:
         return
-    if job.tokens is None:  # a one-piece item, counted when it was sent
+    if job.tokens is None:  # a one-piece item: its unit's count (None if nobody counted it)
         job.tokens = weight
     job.left -= 1
     if job.left == 0 and job.acc is None:
         job.done = True
         ready.append(EmbeddingOutcome(job.key, vector, job.tokens))
         return
+    assert weight is not None  # the pieces of a long input were counted when it was cut
     part = _weighted(vector, weight)
     job.acc = part if job.acc is None else job.acc + part
     if job.left == 0:
@@ -164,7 +181,7 @@ def mean_of_pieces(pieces: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return _renormalised(acc)
 
 
-def _settle_failure(job: Job, reason: str, unit_tokens: int, ready: list[EmbeddingOutcome],
+def _settle_failure(job: Job, reason: str, unit_tokens: int | None, ready: list[EmbeddingOutcome],
                     transient: bool = False) -> None:
     if not job.done:
         job.done = True

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Hashable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, List, cast
 
 from openai import OpenAI
@@ -20,7 +19,7 @@ from openai import OpenAI
 from sections.batch.records import BatchLimits
 from sections.engine.batching import Limits
 from sections.engine.cache import VectorCache
-from sections.engine.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy
+from sections.engine.dispatch import STOP_GRACE_S, Dispatcher, RetryPolicy, started_pool
 from sections.engine.errors import ProviderFatalError
 from sections.providers import build_provider, choose_provider, resolve_kind, server_url
 from sections.providers.base import ProviderKind, ProviderOptions
@@ -104,8 +103,9 @@ class EmbeddingService:
         # use the service again. The command sets it on Ctrl-C and SIGTERM.
         self.stop_requested = threading.Event()
         self.stop_grace_s = STOP_GRACE_S  # how long replies in flight are awaited after a stop (watch: longer)
-        # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
+        # One pool for the service's lifetime, its threads started now: starting threads per call
+        # costs more than small jobs take, and inside a call they would hold back its first requests.
+        self._pool = started_pool(concurrency)
 
     def close(self) -> None:
         """Stop the worker threads and the HTTP client (the service cannot be used after)."""
@@ -168,6 +168,7 @@ class EmbeddingService:
         *,
         max_batch_size: int | None = None,
         window_texts: int = 4096,
+        count_items: bool = True,
     ) -> Iterator[EmbeddingOutcome]:
         """Yield an ``EmbeddingOutcome`` per (key, text) as requests complete, in any order.
 
@@ -175,7 +176,9 @@ class EmbeddingService:
         in memory as Python floats. On quota/auth failures, what is in flight is yielded and then
         ``ProviderFatalError`` is raised; on ``stop_requested``, what arrives within
         ``STOP_GRACE_S`` is yielded and then ``Interrupted`` is raised; items never answered get
-        no outcome.
+        no outcome. Each outcome carries its item's token count, unless ``count_items`` is False
+        (then None, wherever nothing else needed the count): counting is the costliest CPU work
+        of a run, and the bill (``total_tokens``) never depends on it.
         """
         if max_batch_size is not None and not 1 <= max_batch_size <= self.MAX_BATCH_SIZE:
             raise ValueError(f"max_batch_size must be between 1 and {self.MAX_BATCH_SIZE}")
@@ -192,6 +195,7 @@ class EmbeddingService:
             window_texts=max(1, window_texts),
             stop=self.stop_requested,
             stop_grace_s=self.stop_grace_s,
+            count_items=count_items,
         )
         return dispatcher.run(items, max_inputs=max_batch_size)
 
@@ -223,7 +227,9 @@ class EmbeddingService:
         tokens_before = self.usage.tokens
         fatal: ProviderFatalError | None = None
         try:
-            for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo))):
+            # No per-item counts: this API returns none, and its total is the bill.
+            for outcome in self.stream_embeddings(todo, max_batch_size=max_batch_size, window_texts=max(1, len(todo)),
+                                                  count_items=False):
                 position = cast(int, outcome.key)  # the keys given above are input positions
                 if outcome.vector is None:
                     errors[position] = outcome.error or "failed"
