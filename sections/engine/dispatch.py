@@ -254,7 +254,6 @@ class Dispatcher:
                 only.tokens, only.counted = reply.billed_tokens, True
             self._count(request)
             billed = reply.billed_tokens if reply.billed_tokens is not None else request.tokens
-            self.limiter.billed(ticket, billed)
             self.usage.add(requests=1, tokens=billed, inputs=len(texts))
             return Attempted(Verdict.OK, reply)
 
