@@ -82,17 +82,18 @@ def test_a_429_pushes_every_worker(database):
 
 
 def test_a_slow_start_leaves_the_granted_burst_to_spend(database):
-    """Requests in flight ramp 1, 2, 4 over the first replies; the bucket the provider granted is
-    still there to spend at once when the ramp is over, and a reply on the way says so."""
+    """Requests in flight ramp 1, 2, 4 over the first replies, and each reply reads what was spent:
+    what the ramp did not spend of the bucket the provider granted is there at once when it ends."""
     budget = PostgresBudget(database, "m@host")
     for in_flight in (1, 2, 4):
         reservations = [budget.reserve(100, FOUR_SECONDS) for _ in range(in_flight)]
         assert all(r.wait_s == 0.0 for r in reservations)
-        time.sleep(0.1)  # the round trip: the bucket refills meanwhile
-        budget.observe([_reading(4_000 - 100 * in_flight, reservations[0].tokens_reserved, age_s=0.1)])
-    waits = [budget.reserve(1_000, FOUR_SECONDS).wait_s for _ in range(5)]
-    assert waits[:4] == [0.0] * 4  # the whole bucket again: 700 refilled while 700 went
-    assert waits[4] == pytest.approx(1.0, abs=0.3)
+        time.sleep(0.1)  # the round trip
+        first = reservations[0].tokens_reserved
+        budget.observe([_reading(4_000 - first, first, age_s=0.1)])
+    waits = [budget.reserve(1_000, FOUR_SECONDS).wait_s for _ in range(4)]
+    assert waits[:3] == [0.0] * 3  # 4,000 less the 700 the ramp spent, plus what refilled meanwhile
+    assert 0.0 < waits[3] < 0.45
 
 
 def test_limiters_in_three_workers_keep_together_to_the_limit(database):
