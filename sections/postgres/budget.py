@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+
 from sections.postgres.database import Database
 from sections.rate_budget import Kind, Rate, Rates, Reading, Reservation
 
@@ -157,8 +159,13 @@ class PostgresBudget:
                 params.update({f"{p}_pm": reading.rate.per_minute, f"{p}_cap": reading.rate.capacity,
                                f"{p}_left": reading.remaining, f"{p}_reserved": reading.reserved,
                                f"{p}_slack": reading.slack, "age": reading.age_s})
-        with self.database.connection() as conn:
-            conn.execute(_OBSERVE, params)
+        try:
+            with self.database.connection() as conn:
+                conn.execute(_OBSERVE, params)
+        except psycopg.Error:
+            # A reading is advice, taken in the reply's path: losing one must not lose the reply it
+            # came with. A database that is gone fails the next reservation, where runs handle it.
+            return
 
     def pause(self, seconds: float, tokens: int, rates: Rates) -> None:
         with self.database.connection() as conn:
