@@ -64,7 +64,7 @@ CASES = (
 )
 QUICK = (
     Case("minute bucket", 600, 50, {"tpm": 30_000, "latency_base": 0.1}, 0.10),
-    Case("4-second bucket", 600, 350, {"tpm": 1_000_000, "tpm_burst": 66_666, "latency_base": 0.2,
+    Case("4-second bucket", 300, 350, {"tpm": 3_000_000, "tpm_burst": 200_000, "latency_base": 0.2,
                                        "latency_per_token": 5e-6}, 0.03),
 )
 
