@@ -229,6 +229,8 @@ class RateLimiter:
                         sent_since, slack = self._tokens_sent - ticket.tokens_sent - ticket.tokens, ticket.tokens
                         reserved = ticket.reservation.tokens_reserved if ticket.reservation else None
                     bucket.sync(remaining, sent_since, ticket.at, now, slack)
+                    if self.shared is None:
+                        continue
                     # A reading from before any limit was known only ever lowers the schedule: no noise to allow for.
                     readings.append(Reading(kind, Rate(bucket.per_minute, bucket.capacity), remaining,
                                             now - ticket.at, reserved, slack if reserved is not None else 0))
