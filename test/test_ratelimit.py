@@ -104,3 +104,20 @@ def test_cancelled_acquire_returns_none():
     cancel = threading.Event()
     cancel.set()
     assert limiter.acquire(60, cancel) is None
+
+
+def test_the_bucket_the_provider_grants_is_learned_from_its_reset_header():
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    ticket = limiter.acquire(1000)
+    # 5M a minute, 283,333 left, 0.6 s until full: a bucket of 333,333 (4 seconds), not a minute's worth.
+    limiter.observe({"x-ratelimit-limit-tokens": "5000000", "x-ratelimit-remaining-tokens": "283333",
+                     "x-ratelimit-reset-tokens": "600ms"}, ticket)
+    assert limiter.tokens_per_minute == 5_000_000
+    assert limiter.token_capacity == pytest.approx(333_333)
+    # OpenAI's longer forms; a reset longer than a minute's refill never makes the bucket bigger than that.
+    limiter.observe({"x-ratelimit-limit-tokens": "5000000", "x-ratelimit-remaining-tokens": "1000",
+                     "x-ratelimit-reset-tokens": "1m2.5s"}, None)
+    assert limiter.token_capacity == 5_000_000
+    limiter.observe({"x-ratelimit-limit-tokens": "5000000", "x-ratelimit-remaining-tokens": "1000"}, None)
+    assert limiter.token_capacity == 5_000_000  # no reset header: a minute's worth, as before

@@ -296,7 +296,6 @@ class Dispatcher:
             if reply.billed_tokens is None:
                 request.count(self.tokenizer)
             billed = reply.billed_tokens if reply.billed_tokens is not None else request.tokens
-            self.limiter.billed(ticket, billed)
             self.usage.add(requests=1, tokens=billed, inputs=len(texts))
             return Attempted(Verdict.OK, reply)
 

@@ -10,27 +10,43 @@ since then. A 429 pauses every dispatch for as long as the server asks.
 Several processes on one key each see the same ``remaining`` and each spend it: three concurrent
 syncs drew more 429s than successes. With a ``SharedBudget`` (the database's, for ``sections
 watch``/``sync``), each admitted request also reserves its place in a schedule all processes
-share, and waits for it; a 429 pushes that schedule for everyone.
+share, and waits for it; a 429 pushes that schedule for everyone. The schedule grants the burst the
+provider grants (its bucket's capacity: remaining + rate x reset, from the headers) and follows
+every reply's ``remaining`` as this process's own estimate does, so a short job spends the
+provider's burst at once instead of pacing as if the bucket had started empty.
 """
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Protocol
 
+from sections.rate_budget import Kind, Rate, Rates, Reading, Reservation
+
 MAX_BACKOFF_S = 30.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class SharedBudget(Protocol):
     """A rate budget shared with other processes."""
 
-    def reserve(self, tokens: int, tpm: float | None, rpm: float | None) -> float:
-        """Reserve one request of ``tokens``; the seconds to wait before sending it."""
+    def reserve(self, tokens: int, rates: Rates) -> Reservation:
+        """Reserve one request of ``tokens``: when it may go, and its place in the schedule."""
         ...
 
-    def pause(self, seconds: float, tokens: int, tpm: float | None, rpm: float | None) -> None:
+    def rates(self) -> Rates:
+        """The limits the schedule knows: learned by any worker, in this run or an earlier one."""
+        ...
+
+    def observe(self, readings: list[Reading]) -> None:
+        """What a reply said the provider still allows: the schedule follows it."""
+        ...
+
+    def pause(self, seconds: float, tokens: int, rates: Rates) -> None:
         """The provider said wait ``seconds``: every process sharing the budget waits."""
         ...
 
@@ -85,7 +101,7 @@ class Ticket:
     tokens: int
     requests_sent: int  # everything dispatched before this request, counted even before limits are known
     tokens_sent: int
-    unshared: bool = False  # sent before any limit was known: missing from the shared schedule
+    reservation: Reservation | None = None  # its place in a shared schedule; None: sent before any limit was known
 
 
 class RateLimiter:
@@ -111,7 +127,6 @@ class RateLimiter:
         self._requests_sent = 0
         self._tokens_sent = 0
         self.shared: SharedBudget | None = None
-        self._unshared = 0  # tokens sent before any limit was known, not yet in the shared schedule
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -121,6 +136,25 @@ class RateLimiter:
     def token_capacity(self) -> float | None:
         """The largest request the token budget can admit at once (None: unlimited)."""
         return self._tokens.capacity if self._tokens else None
+
+    def share(self, budget: SharedBudget) -> None:
+        """Draw on ``budget`` from now on, starting from the limits it already knows: a worker that
+        starts after another learned them (or after an earlier run) sends no request blind."""
+        with self._cond:
+            self.shared = budget
+            if not self._learn or (self._tokens is not None and self._requests is not None):
+                return
+        known = budget.rates()
+        with self._cond:
+            now = self._clock()
+            if self._tokens is None and known.tokens is not None:
+                self._tokens = _Bucket(known.tokens.per_minute, known.tokens.capacity, now)
+            if self._requests is None and known.requests is not None:
+                self._requests = _Bucket(known.requests.per_minute, known.requests.capacity, now)
+
+    def _rates(self) -> Rates:
+        """The budgets as known now (call under the lock)."""
+        return Rates(*(Rate(b.per_minute, b.capacity) if b else None for b in (self._tokens, self._requests)))
 
     def acquire(self, tokens: int, cancelled: threading.Event | None = None) -> Ticket | None:
         """Wait until one request of ``tokens`` may go; None if ``cancelled`` was set meanwhile."""
@@ -132,17 +166,15 @@ class RateLimiter:
             return ticket
         with self._cond:
             if self._tokens is None and self._requests is None:
-                return replace(ticket, unshared=True)  # its billed tokens are charged once a limit is known
-            owed, self._unshared = self._unshared, 0
-            tpm, rpm = self.tokens_per_minute, self._requests.per_minute if self._requests else None
-        wait = shared.reserve(tokens + owed, tpm, rpm)
-        if wait <= 0:
-            return ticket
-        if cancelled is None:
-            time.sleep(wait)
-        elif cancelled.wait(wait):
-            return None
-        return ticket
+                return ticket  # the first replies' readings bring what it spent into the schedule
+            rates = self._rates()
+        reservation = shared.reserve(tokens, rates)
+        if reservation.wait_s > 0:
+            if cancelled is None:
+                time.sleep(reservation.wait_s)
+            elif cancelled.wait(reservation.wait_s):
+                return None
+        return replace(ticket, at=self._clock(), reservation=reservation)
 
     def _acquire_here(self, tokens: int, cancelled: threading.Event | None, pace: bool) -> Ticket | None:
         with self._cond:
@@ -168,36 +200,44 @@ class RateLimiter:
 
     def observe(self, headers: Mapping[str, str], ticket: Ticket | None) -> None:
         """Learn limits and correct the buckets from a reply's ``x-ratelimit-*`` headers."""
+        readings: list[Reading] = []
         with self._cond:
             now = self._clock()
-            for kind, user in (("requests", self._user_rpm), ("tokens", self._user_tpm)):
-                limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
-                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-                bucket = self._requests if kind == "requests" else self._tokens
+            for kind, user in ((Kind.REQUESTS, self._user_rpm), (Kind.TOKENS, self._user_tpm)):
+                limit = _number(headers.get(f"x-ratelimit-limit-{kind.value}"))
+                remaining = _number(headers.get(f"x-ratelimit-remaining-{kind.value}"))
+                reset = _duration_s(headers.get(f"x-ratelimit-reset-{kind.value}"))
+                bucket = self._requests if kind is Kind.REQUESTS else self._tokens
                 if limit and self._learn:
                     per_minute = min(limit, user) if user else limit
+                    # What the provider grants at once: its level plus what it refills until full.
+                    granted = remaining + per_minute / 60.0 * reset if remaining is not None and reset is not None else None
+                    capacity = min(per_minute, granted) if granted else per_minute
                     if bucket is None:
-                        bucket = _Bucket(per_minute, None, now)
-                        if kind == "requests":
+                        bucket = _Bucket(per_minute, capacity, now)
+                        if kind is Kind.REQUESTS:
                             self._requests = bucket
                         else:
                             self._tokens = bucket
-                    elif bucket.per_minute != per_minute:
-                        bucket.per_minute = bucket.capacity = per_minute
+                    else:
+                        bucket.per_minute, bucket.capacity = per_minute, capacity
                 if bucket is not None and remaining is not None and ticket is not None:
-                    if kind == "requests":
+                    if kind is Kind.REQUESTS:
                         sent_since, slack = self._requests_sent - ticket.requests_sent - 1, 1
+                        reserved = ticket.reservation.requests_reserved if ticket.reservation else None
                     else:
                         sent_since, slack = self._tokens_sent - ticket.tokens_sent - ticket.tokens, ticket.tokens
+                        reserved = ticket.reservation.tokens_reserved if ticket.reservation else None
                     bucket.sync(remaining, sent_since, ticket.at, now, slack)
+                    if self.shared is None:
+                        continue
+                    # A reading from before any limit was known only ever lowers the schedule: no noise to allow for.
+                    readings.append(Reading(kind, Rate(bucket.per_minute, bucket.capacity), remaining,
+                                            now - ticket.at, reserved, slack if reserved is not None else 0))
             self._cond.notify_all()
-
-    def billed(self, ticket: Ticket | None, tokens: int) -> None:
-        """A reply's billed tokens: a request that went before any limit was known is charged to the
-        shared schedule with its next reservation (its admission count was only an upper bound)."""
-        if ticket is not None and ticket.unshared:
-            with self._cond:
-                self._unshared += tokens
+            shared = self.shared
+        if shared is not None and readings:
+            shared.observe(readings)
 
     def succeeded(self) -> None:
         with self._cond:
@@ -225,9 +265,9 @@ class RateLimiter:
                 floor = tokens - self._tokens.rate * pause if hinted else 0.0
                 self._tokens.level = min(self._tokens.level, floor)
             self._cond.notify_all()
-            shared, tpm, rpm = self.shared, self.tokens_per_minute, self._requests.per_minute if self._requests else None
+            shared, rates = self.shared, self._rates()
         if shared is not None:
-            shared.pause(pause, tokens, tpm, rpm)
+            shared.pause(pause, tokens, rates)
         return pause
 
 
@@ -238,3 +278,13 @@ def _number(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+def _duration_s(value: str | None) -> float | None:
+    """OpenAI's reset durations ("120ms", "1.5s", "6m0s") in seconds; None when absent or unreadable."""
+    if not value:
+        return None
+    parts = _DURATION.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value.strip():
+        return _number(value)  # a bare number of seconds
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)

@@ -110,6 +110,6 @@ class Lifecycle:
         """Make ``embedder`` (an ``EmbeddingService``) draw on the rate budget every worker of its
         model and server shares through this database; returns the budget's key."""
         key = budget.budget_key(embedder.settings.model, getattr(embedder, "base_url", None))
-        embedder.limiter.shared = budget.PostgresBudget(self.database, key)
+        embedder.limiter.share(budget.PostgresBudget(self.database, key))
         return key
 
