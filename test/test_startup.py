@@ -16,7 +16,8 @@ import pytest
 
 from core.supabase_store import section_text
 
-HEAVY = ("torch", "sentence_transformers", "transformers")
+TORCH = ("torch", "sentence_transformers", "transformers")
+HEAVY = (*TORCH, "onnxruntime", "tokenizers")  # every model runtime
 REFUSED = "postgresql://u:pw@127.0.0.1:1/none"  # nothing listens on port 1: connection refused at once
 
 
@@ -112,8 +113,11 @@ def test_repeated_searches_with_the_local_model_load_it_once(database_url, small
     path, sections = small_corpus
     assert _cli("ingest", str(path), "--database-url", database_url, "--json").returncode == 0
     queries = ["how hot should the water be for green tea", "fix a flat tyre", "when is my income tax due"]
-    found = _cli("search", "-", "-k", "1", "--database-url", database_url, "--json", stdin="\n".join(queries) + "\n")
+    found = _cli("search", "-", "-k", "1", "--database-url", database_url, "--json", stdin="\n".join(queries) + "\n",
+                 importtime=True)
     assert found.returncode == 0, found.stderr[-2000:]
+    imported = _imported(found.stderr)
+    assert "onnxruntime" in imported and not imported & set(TORCH), imported & set(TORCH)  # the default runs without torch
     answers = [json.loads(line) for line in found.stdout.splitlines()]
     assert [(a["query"], a["hits"][0]["id"]) for a in answers] == list(zip(queries, ["tea", "bike", "tax"]))
     tables = _cli("search", "-", "-k", "1", "--database-url", database_url, stdin="\n".join(queries[:2]) + "\n")

@@ -21,7 +21,8 @@ from sections.redact import mask_url
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 Model = Annotated[str, typer.Option("--model", "-m", help="all-MiniLM-L6-v2 (local, the default), a local "
-                                    "sentence-transformers folder, or an OpenAI model (needs OPENAI_API_KEY).")]
+                                    "model folder (ONNX, or sentence-transformers with the torch extra), or an "
+                                    "OpenAI model (needs OPENAI_API_KEY).")]
 DatabaseUrl = Annotated[Optional[str], typer.Option(
     "--database-url", help="Postgres/Supabase connection string (default: DATABASE_URL, else the embedded Postgres).",
     show_default=False)]
@@ -60,7 +61,7 @@ class Commands(typer.Typer):
 @contextmanager
 def loading() -> Iterator[None]:
     """Around imports that make tens of thousands of long-lived objects (the openai SDK's pydantic
-    classes, psycopg, torch): the collector would walk the growing heap again and again while they
+    classes, psycopg, onnxruntime or torch): the collector would walk the growing heap again and again while they
     load, so it waits, and what they made is frozen out of its reach for the rest of the process
     (a run's own garbage is still collected)."""
     enabled = gc.isenabled()
@@ -85,8 +86,9 @@ def refuse_unknown_model(model: str, base_url: Optional[str], provider: Optional
 
 def build_service(model: str, base_url: Optional[str], provider: Optional[str], dimensions: Optional[int],
                   **options: Any):
-    """The embedding service; a local model loads here (seconds: torch), so commands open the
-    database first and a database that cannot be reached is reported before any model loads."""
+    """The embedding service; a local model loads here (about a second on ONNX Runtime, seconds on
+    torch), so commands open the database first and a database that cannot be reached is reported
+    before any model loads."""
     # The openai SDK imports aiohttp when it can (~0.15 s, a sixth of a search) only to offer an
     # async transport this command never uses: hidden while the SDK loads, it goes without.
     hide = "openai" not in sys.modules and "aiohttp" not in sys.modules
@@ -100,7 +102,7 @@ def build_service(model: str, base_url: Optional[str], provider: Optional[str], 
             del sys.modules["aiohttp"]
 
     try:
-        with loading():  # a local model imports torch when it is built
+        with loading():  # a local model imports its runtime when it is built
             return EmbeddingService(model=model, base_url=base_url, provider=provider, dimensions=dimensions,
                                 **{k: v for k, v in options.items() if v is not None})
     except (ValueError, RuntimeError, OSError) as error:

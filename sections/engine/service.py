@@ -48,8 +48,8 @@ def _validate_texts(texts: Any) -> None:
 class EmbeddingService:
     """Embeds texts through the OpenAI embeddings API, any OpenAI-compatible server, or a local model.
 
-    The provider follows from the model: a sentence-transformers model name or folder
-    (``all-MiniLM-L6-v2``) runs locally; anything else, or any ``base_url``, goes over HTTP;
+    The provider follows from the model: a local model's name or folder (``all-MiniLM-L6-v2``,
+    an ONNX or sentence-transformers folder) runs locally; anything else, or any ``base_url``, goes over HTTP;
     ``provider`` overrides.
     """
 

@@ -2,7 +2,7 @@
 
 ``resolve_kind`` says which kind a model name means, or refuses a name nobody serves;
 ``build_provider`` builds it. Each kind's module is imported only when that kind is built (the
-local one pulls in torch on first load, the OpenAI one the SDK), so deciding costs nothing and the
+local one pulls in onnxruntime or torch on first load, the OpenAI one the SDK), so deciding costs nothing and the
 command can check a name before it opens a database or loads a model.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUILDERS: dict[ProviderKind, str] = {
 
 
 def choose_provider(model: str, base_url: str | None = None) -> ProviderKind:
-    """``local`` for a sentence-transformers model name or folder, else ``openai`` (any compatible server).
+    """``local`` for a local model's name or folder (ONNX or sentence-transformers), else ``openai`` (any compatible server).
 
     A ``base_url`` always means an OpenAI-compatible server, whatever the model is called there.
     """
@@ -69,6 +69,6 @@ def resolve_kind(model: str, base_url: str | None = None, provider: str | Provid
     kind = parse_kind(provider) if provider else choose_provider(model, base_url)
     if provider is None and base_url is None and kind is ProviderKind.OPENAI and model not in OPENAI_MODELS:
         raise ValueError(f"unknown model {model!r}: use {', '.join(OPENAI_MODELS)} (OpenAI, needs OPENAI_API_KEY), "
-                         "all-MiniLM-L6-v2 or a folder holding a sentence-transformers model (local), or give "
+                         "all-MiniLM-L6-v2 or a folder holding an ONNX or sentence-transformers model (local), or give "
                          "--provider openai / --base-url for a model another OpenAI-compatible server knows")
     return kind
