@@ -371,6 +371,7 @@ class IngestSummary(TypedDict):
     busy_count: NotRequired[int]  # of the skipped: due, but another run was embedding them (only when > 0)
     pruned_count: NotRequired[int]  # sections a prune deleted (only when a prune was asked for)
     index_error: NotRequired[str]  # why the index build after the run failed (the vectors are stored)
+    from_spool: NotRequired[int]  # answers an earlier run spooled, written before this run sent anything (when > 0)
 
 
 class BatchEmbeddings(TypedDict):

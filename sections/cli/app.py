@@ -20,9 +20,9 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from sections.cli.common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
-                             Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection,
-                             open_store, refuse_unknown_model)
+from sections.cli.common import (DEFAULT_DB_WAIT_S, DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands,
+                             Concurrency, DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm,
+                             build_service, chosen_collection, keeping_for, open_store, refuse_unknown_model)
 from sections.cli.batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from sections.cli.lifecycle import delete, drop_model, source_scope
 from sections.cli.dry_run import dry_run_report, sync_dry_run
@@ -135,6 +135,7 @@ def ingest(
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
+    db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
@@ -167,8 +168,10 @@ def ingest(
         if not own_budget:
             store.share_budget(service)
         with IndexBars(json_out, err) as bars:
+            keeping = keeping_for(store, service, db_wait)
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
-                                                                    collection=name, prune=scope, on_index_progress=bars),
+                                                                    collection=name, prune=scope, on_index_progress=bars,
+                                                                    keeping=keeping),
                                       service, lambda: source.count + reading.stored - reading.read, reading,
                                       json_out, "ingest", "the same command", store.close, index_bars=bars)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
@@ -241,6 +244,7 @@ def sync(
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
+    db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
@@ -259,7 +263,9 @@ def sync(
         todo = store.status(service.model, collection=name).get(service.model, {})
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
-        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name),
+        keeping = keeping_for(store, service, db_wait)
+        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name,
+                                                              keeping=keeping),
                                   service, lambda: total, reading, json_out, "sync", "sync", store.close)
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)

@@ -25,6 +25,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sections.engine.errors import Interrupted, ProviderFatalError
+from sections.pipeline.outage import DatabaseAway
+from sections.postgres.database import raised_in_psycopg
 from sections.cli.interrupts import Signals, leave
 from sections.cli.progress_bars import IndexBars, RecentRate, progress_bar
 from sections.redact import mask_secrets, scrub
@@ -98,7 +100,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
             except Interrupted as error:
                 result, stopped = getattr(error, "result", None) or {}, True
             except Exception as error:
-                failure = str(error) if isinstance(error, ProviderFatalError) else database_problem(error)
+                failure = (mask_secrets(str(error)) if isinstance(error, (ProviderFatalError, DatabaseAway))
+                           else database_problem(error))
                 if failure is None:
                     raise
                 partial = getattr(error, "result", None) or {}
@@ -122,8 +125,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
 
 def stopped_by(error: BaseException) -> str:
     """What stopped a run, in words that hold no secret."""
-    if isinstance(error, ProviderFatalError):
-        return str(error)
+    if isinstance(error, (ProviderFatalError, DatabaseAway)):
+        return mask_secrets(str(error))
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return database_problem(error) or mask_secrets(first_line)
 
@@ -139,20 +142,10 @@ def database_problem(error: BaseException) -> str | None:
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, (psycopg.Error, PoolTimeout)):
         return f"database error: {mask_secrets(first_line)}"
-    if isinstance(error, Exception) and _raised_in_psycopg(error):
+    if isinstance(error, Exception) and raised_in_psycopg(error):
         return (f"database error: psycopg stopped in the middle of a command ({type(error).__name__}: "
                 f"{mask_secrets(first_line)}), as it does when the server or a pooler drops the connection")
     return None
-
-
-def _raised_in_psycopg(error: BaseException) -> bool:
-    traceback = error.__traceback__
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
-    return module.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c")
 
 
 _SILENT = logging.NullHandler()

@@ -13,6 +13,9 @@ Why it is shaped this way:
 - A stop (the ``stop`` event, set from any thread or a signal handler) is read between requests,
   never raised inside one: no request is sent after it, the replies in flight get
   ``STOP_GRACE_S`` to arrive (they are paid for), the rest are abandoned to their threads.
+- A hold (the ``hold`` event: the database that keeps the answers is away) is read at the same
+  place: nothing new is sent while it is set, the replies in flight are still yielded, and sending
+  resumes when it is cleared. An answer nobody can keep is not worth buying.
 """
 from __future__ import annotations
 
@@ -88,6 +91,7 @@ class Dispatcher:
         window_texts: int = 4096,
         stop: threading.Event | None = None,
         stop_grace_s: float = STOP_GRACE_S,
+        hold: threading.Event | None = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -96,6 +100,7 @@ class Dispatcher:
         self.limiter, self.retry, self.usage = limiter, retry, usage
         self.pool, self.window_texts, self.stop = pool, window_texts, stop
         self.stop_grace_s = stop_grace_s
+        self.hold = hold
 
     def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
         """Yield one outcome per item as requests complete.
@@ -116,7 +121,7 @@ class Dispatcher:
         exhausted = False
         try:
             while True:
-                while fatal is None and not self._stopping() and len(in_flight) < self.concurrency:
+                while fatal is None and not self._stopping() and not self._holding() and len(in_flight) < self.concurrency:
                     if retry_queue:
                         request = retry_queue.popleft()
                     elif not exhausted:
@@ -135,8 +140,11 @@ class Dispatcher:
                     yield from ready
                     ready.clear()
                 if not in_flight:
+                    if fatal is None and stopped_at is None and self._holding():
+                        self._wait_while_held()
+                        continue
                     break
-                timeout = None if self.stop is None else STOP_POLL_S
+                timeout = None if self.stop is None and self.hold is None else STOP_POLL_S
                 if stopped_at is not None:
                     timeout = stopped_at + self.stop_grace_s - time.monotonic()
                     if timeout <= 0:
@@ -169,6 +177,16 @@ class Dispatcher:
 
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def _holding(self) -> bool:
+        return self.hold is not None and self.hold.is_set()
+
+    def _wait_while_held(self) -> None:
+        """Nothing in flight and nothing to be sent: wait a moment for the hold to lift (or a stop)."""
+        if self.stop is not None:
+            self.stop.wait(STOP_POLL_S)
+        else:
+            time.sleep(STOP_POLL_S)
 
     # -- reading and packing -------------------------------------------------------------------
 

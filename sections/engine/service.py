@@ -104,6 +104,9 @@ class EmbeddingService:
         # use the service again. The command sets it on Ctrl-C and SIGTERM.
         self.stop_requested = threading.Event()
         self.stop_grace_s = STOP_GRACE_S  # how long replies in flight are awaited after a stop (watch: longer)
+        # Set while the database that keeps the answers is away: nothing new is sent, replies in
+        # flight still arrive; cleared, sending resumes (the pipeline sets it, sections.pipeline.outage).
+        self.hold_sending = threading.Event()
         # One pool for the service's lifetime: starting threads per call costs more than small jobs take.
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
 
@@ -192,6 +195,7 @@ class EmbeddingService:
             window_texts=max(1, window_texts),
             stop=self.stop_requested,
             stop_grace_s=self.stop_grace_s,
+            hold=self.hold_sending,
         )
         return dispatcher.run(items, max_inputs=max_batch_size)
 

@@ -67,11 +67,6 @@ class Tally:
         if due:
             self.report()
 
-    def discard_pending(self) -> None:
-        """The answers held were not committed (a claim rolled back): the display stops counting them."""
-        with self.lock:
-            self.pending = 0
-
     def add_batch(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow], result: WriteResult) -> None:
         """Count a committed batch: what was written, what failed and why."""
         missing = set(result.missing)

@@ -1,6 +1,6 @@
 """Watch: keep a model's vectors in step with a changing table, for as long as the process runs.
 
-A watcher is a loop of sync passes (``sections.pipeline.sync``: claims with SKIP LOCKED, so any number
+A watcher is a loop of sync passes (``sections.pipeline.sync``: leases claimed with SKIP LOCKED, so any number
 of watchers and syncs on any number of machines share the work and never embed a section twice).
 Between passes it waits on a ``ChangeFeed``: Postgres NOTIFY from the table's trigger wakes it
 within milliseconds of a commit; the wait also times out every ``poll_interval`` seconds, so a
