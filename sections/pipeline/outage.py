@@ -7,8 +7,9 @@ holds its sending at once (the embedder's ``hold_sending``: replies in flight st
 kept), probes the database every ``probe_s`` (``Backend.reconnect``, a quick direct try that
 renews the pool, so no reconnection backoff is waited out) and retries the call as soon as it
 answers. Sending resumes when no call is waiting any more. After ``window_s`` without an answer
-the call raises ``DatabaseAway``: the writer then spools what was answered
-(``sections.pipeline.spool``), and the next run writes it before it sends anything.
+the call raises ``DatabaseAway`` and ``on_expire`` stops the run's sending for good (the replies
+in flight get their grace); the writer spools what was answered (``sections.pipeline.spool``),
+and the next run writes it before it sends anything.
 """
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ class Patience:
     through (both from the thread that saw it)."""
 
     def __init__(self, backend: Backend, policy: OutagePolicy = OutagePolicy(),
-                 on_change: Callable[[bool], None] | None = None):
-        self.backend, self.policy, self.on_change = backend, policy, on_change
+                 on_change: Callable[[bool], None] | None = None, on_expire: Callable[[], None] | None = None):
+        self.backend, self.policy, self.on_change, self.on_expire = backend, policy, on_change, on_expire
         self._lock = threading.Lock()
         self._waiting = 0  # calls waiting for the database now
         self.outages = 0  # how many times the database went away during the run
-        self.given_up = threading.Event()  # a call waited the whole window: the run ends
+        self.given_up = threading.Event()  # no more waiting: the window passed, or the run was interrupted
+        self.expired = False  # the window passed: ``on_expire`` was told (it stops the run's sending for good)
 
     def call(self, action: Callable[[], T]) -> T:
         try:
@@ -74,12 +76,20 @@ class Patience:
                             raise
                         error = again
                 if time.monotonic() >= deadline:
+                    self._expire()
                     break
             self.given_up.set()
             raise DatabaseAway(f"the database was out of reach for {self.policy.window_s:.0f} s "
                                f"({_first_line(error)})") from error
         finally:
             self._leave()
+
+    def _expire(self) -> None:
+        with self._lock:
+            first, self.expired = not self.expired, True
+        self.given_up.set()
+        if first and self.on_expire is not None:
+            self.on_expire()
 
     def give_up(self) -> None:
         """Stop waiting now (the run was interrupted): calls waiting for the database raise

@@ -54,8 +54,9 @@ def _event(embedder: Embedder, name: str) -> threading.Event | None:
 
 
 def patience_for(backend: Backend, embedder: Embedder, keeping: Keeping) -> Patience:
-    """The run's ``Patience``: while the database is away, the embedder sends nothing new."""
-    hold = _event(embedder, "hold_sending")
+    """The run's ``Patience``: while the database is away, the embedder sends nothing new; when it
+    stays away past the window, the embedder stops (its replies in flight get their grace)."""
+    hold, stop = _event(embedder, "hold_sending"), _event(embedder, "stop_requested")
 
     def changed(away: bool) -> None:
         if hold is not None:
@@ -63,7 +64,7 @@ def patience_for(backend: Backend, embedder: Embedder, keeping: Keeping) -> Pati
         if keeping.on_outage is not None:
             keeping.on_outage(away)
 
-    return Patience(backend, keeping.outage, changed)
+    return Patience(backend, keeping.outage, changed, stop.set if stop is not None else None)
 
 
 def embed_into(embedder: Embedder, dues: Iterator[Due], writer: Writer, tally: Tally, *,
@@ -86,8 +87,6 @@ def embed_into(embedder: Embedder, dues: Iterator[Due], writer: Writer, tally: T
             yield seq, due.text
 
     stopped: BaseException | None = None
-    stop = _event(embedder, "stop_requested")
-    draining = False  # the database stayed away: the replies in flight go to the spool, then the run stops
     writer.start()
     stream: Iterator[EmbeddingOutcome] | None = None
     try:
@@ -103,11 +102,8 @@ def embed_into(embedder: Embedder, dues: Iterator[Due], writer: Writer, tally: T
             else:
                 tally.answered()
                 writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED, due.digest))
-            if writer.error is not None and not draining:
-                if not (writer.spooling and stop is not None):
-                    break
-                draining = True
-                stop.set()  # nothing more is sent; what is in flight arrives within the grace
+            if writer.error is not None and not writer.spooling:
+                break  # when spooling, the replies in flight are drained (the stop came with the expiry)
     except BaseException as error:
         stopped = error
         if not isinstance(error, Exception) and writer.patience is not None:
@@ -120,11 +116,12 @@ def embed_into(embedder: Embedder, dues: Iterator[Due], writer: Writer, tally: T
             except Exception:  # pragma: no cover - best effort
                 _log.debug("closing the embedding stream failed", exc_info=True)
         writer.close()  # flushes what arrived
-        for event in (_event(embedder, "hold_sending"), stop if draining else None):
+        expired = writer.patience is not None and writer.patience.expired
+        for event in (_event(embedder, "hold_sending"), _event(embedder, "stop_requested") if expired else None):
             if event is not None:
                 event.clear()  # the service may serve another run (a watcher's next pass)
-    if draining and isinstance(stopped, Interrupted):
-        stopped = None  # the stop was the run's own
+    if expired and isinstance(stopped, Interrupted):
+        stopped = None  # the stop was the run's own: the database stayed away
     failure = writer.error or stopped
     if writer.error is not None and stopped is not None and not isinstance(stopped, Exception):
         failure = stopped

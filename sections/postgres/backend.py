@@ -89,7 +89,7 @@ class PostgresBackend:
         def beat() -> None:
             while not stop.wait(leases.BEAT_INTERVAL):
                 try:
-                    with self.database.connection() as conn:
+                    with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
                         leases.beat(conn, worker, role, held.embedded)
                 except Exception:  # a missed beat costs nothing until WORKER_TTL; the run reports its own errors
                     _log.debug("heartbeat failed", exc_info=True)
@@ -102,7 +102,7 @@ class PostgresBackend:
             stop.set()
             beating.join()
             try:
-                with self.database.connection() as conn:
+                with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
                     leases.end_worker(conn, worker)
             except Exception:  # the database is gone: the worker is reaped when its beat ages
                 _log.debug("ending worker %s failed", worker, exc_info=True)

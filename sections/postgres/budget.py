@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sections.postgres.database import Database
+from sections.postgres.database import Database, unreachable
 
 __all__ = ["BURST_S", "PostgresBudget", "budget_key"]
 
 BURST_S = 60.0  # a minute's worth may go at once, as the provider's bucket allows
+UNREACHABLE_WAIT_S = 0.5  # the longest a request waits for a connection to reserve its place
 
 _RESERVE = f"""
 insert into rate_budgets as b (key, tokens_per_minute, requests_per_minute, token_tat, request_tat)
@@ -69,10 +70,22 @@ class PostgresBudget:
         return {"key": self.key, "tokens": float(tokens), "tpm": tpm, "rpm": rpm}
 
     def reserve(self, tokens: int, tpm: float | None, rpm: float | None) -> float:
-        with self.database.connection() as conn:
-            row = conn.execute(_RESERVE, self._params(tokens, tpm, rpm)).fetchone()
+        """The seconds to wait before sending; 0 when the database cannot be reached (the request
+        then goes on this process's own pacing: a missed reservation costs pacing, never the run,
+        whose own writes wait the outage out)."""
+        try:
+            with self.database.connection(UNREACHABLE_WAIT_S) as conn:
+                row = conn.execute(_RESERVE, self._params(tokens, tpm, rpm)).fetchone()
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            return 0.0
         return float(row[0]) if row else 0.0
 
     def pause(self, seconds: float, tokens: int, tpm: float | None, rpm: float | None) -> None:
-        with self.database.connection() as conn:
-            conn.execute(_PAUSE, {**self._params(tokens, tpm, rpm), "seconds": float(seconds)})
+        try:
+            with self.database.connection(UNREACHABLE_WAIT_S) as conn:
+                conn.execute(_PAUSE, {**self._params(tokens, tpm, rpm), "seconds": float(seconds)})
+        except Exception as error:
+            if not unreachable(error):
+                raise
