@@ -388,8 +388,9 @@ class ProgressCounts(TypedDict):
     """Where a run stands, as its progress callback sees it.
 
     ``success``, ``failed`` and ``skipped`` are committed; ``pending`` are answers received and not
-    committed yet (a sync commits a whole claim at once), so a display that adds them moves as
-    requests complete. ``tokens`` is the provider's bill so far, the number the summary reports.
+    committed yet (written a batch at a time), so a display that adds them moves as requests
+    complete. ``tokens`` is the provider's bill so far, the number the summary reports.
+    ``waiting``: sections another run holds that this run waits for (only while it does).
     """
 
     success: int
@@ -397,3 +398,4 @@ class ProgressCounts(TypedDict):
     skipped: int
     pending: int
     tokens: int
+    waiting: NotRequired[int]

@@ -56,6 +56,9 @@ class MemoryLeases:
             return None
         return MemoryClaimed([Section(s.id, s.title, s.content) for s in due], len(due), due[-1].id)
 
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        return self.take(settings, wanted)  # a worker's leases go when it ends: none is ever dead here
+
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         backend = self.backend
         with backend.lock:

@@ -145,3 +145,40 @@ def test_pooler_back_after_the_wait_the_answers_are_spooled_and_the_rerun_pays_n
     assert paid - first_paid == SECTIONS - kept, (paid, first_paid, kept)  # nothing kept is bought again
     assert paid <= 1.05 * SECTIONS, (paid, first_paid, kept)
     assert not any(spool.iterdir())  # written back, then gone
+
+
+def test_a_second_ingest_waits_for_the_first_and_takes_over_when_it_dies(sim, database_url, db, tmp_path):
+    """Exit 0 means done: a run never leaves sections to another run silently. ``--no-wait`` exits
+    3 saying how many it left; a waiting run takes over what a killed run held."""
+    corpus = _corpus(tmp_path / "corpus.jsonl")
+    spool = tmp_path / "spool"
+    sim.configure(latency_base=1.5)  # a first run of ~10 s: the others start while it works
+    first = _start("ingest", corpus, *_options(sim, database_url), sim=sim, spool=spool)
+    _kill_when_paying_process(sim, first, 1)
+    impatient = _start("ingest", corpus, *_options(sim, database_url, "--no-wait"), sim=sim, spool=spool)
+    stdout, stderr = impatient.communicate(timeout=60)
+    assert impatient.returncode == 3, stderr
+    left = json.loads(stdout)["busy"]
+    assert left > 0 and f"left to another run: {left:,} sections not stored yet" in stderr
+    patient = _start("ingest", corpus, *_options(sim, database_url), sim=sim, spool=spool)
+    time.sleep(2.0)
+    assert patient.poll() is None  # waiting for the first run
+    first.kill()  # kill -9, holding its leases
+    first.wait()
+    sim.configure(latency_base=0.1)
+    stdout, stderr = patient.communicate(timeout=120)
+    assert patient.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["busy"] == 0 and summary["embedded"] + summary["unchanged"] == SECTIONS
+    assert _stored(db) == SECTIONS
+    stats = sim.stats()
+    assert stats["inputs"] <= SECTIONS + 4 * stats["max_inputs_per_request"], stats  # at most the killed run's in flight
+
+
+def _kill_when_paying_process(sim, run: subprocess.Popen[str], inputs: int) -> None:
+    """Wait until the simulator has embedded ``inputs`` inputs for ``run``."""
+    deadline = time.monotonic() + 60
+    while sim.stats()["inputs"] < inputs:
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

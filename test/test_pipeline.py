@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from sections.engine.errors import ProviderFatalError
-from sections.fingerprint import section_text
+from sections.fingerprint import fingerprint, section_text
 from sections.pipeline.ingest import IngestOptions, ingest
 from sections.pipeline.outage import OutagePolicy
 from sections.pipeline.spool import Spool
 from sections.pipeline.stream import Keeping
 from sections.pipeline.sync import SyncOptions, sync
-from sections.records import Section
+from sections.records import Section, VectorRow
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
 from memory_backend import MemoryBackend
 
@@ -448,3 +448,51 @@ def test_a_database_that_stays_away_spools_what_was_answered_and_the_rerun_write
     assert result.from_spool == spool.added and not spool.path.exists()
     assert len(backend.vectors) == 100
     assert not set(first.embedded) & set(rerun.embedded)  # what the first run was answered is not bought again
+
+
+# -- waiting for another run -------------------------------------------------------------------------
+
+
+def test_an_ingest_waits_for_what_another_run_holds_and_takes_over_what_it_left():
+    backend = MemoryBackend()
+    sections = _sections(20)
+    rows = [Section(s["id"], s["title"], s["content"]) for s in sections]
+    backend.upsert_sections(rows)
+    settings = FakeStreamingEmbedder().settings
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with backend.worker("ingest") as other:
+            assert other.take(settings, {row.id: fingerprint(row, settings) for row in rows[:10]}) == {
+                f"s{i}" for i in range(10)}
+            holding.set()
+            release.wait(10)
+            backend.write_batch(settings, [VectorRow(row.id, np.ones(8, np.float32), 1, fingerprint(row, settings))
+                                           for row in rows[:4]], [])
+        # it ends (or dies) holding s4..s9: their leases go with it
+
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(other_run)
+        assert holding.wait(5)
+        embedder = FakeStreamingEmbedder()
+        threading.Timer(1.5, release.set).start()
+        result = ingest(backend, sections, embedder, FAST, lambda counts: seen.append(counts.get("waiting", 0))).summary
+        future.result()
+    assert result["success_count"] == 16 and result["skipped_count"] == 4 and "busy_count" not in result
+    assert sorted(embedder.embedded) == sorted(_text(s) for s in sections[4:])  # nothing paid twice
+    assert 10 in seen and seen[-1] == 0  # the display said it was waiting for 10, then for none
+    assert len(backend.vectors) == 20
+
+
+def test_an_ingest_told_not_to_wait_leaves_them_counted_busy():
+    backend = MemoryBackend()
+    sections = _sections(6)
+    rows = [Section(s["id"], s["title"], s["content"]) for s in sections]
+    backend.upsert_sections(rows)
+    settings = FakeStreamingEmbedder().settings
+    with backend.worker("ingest") as other:
+        other.take(settings, {row.id: fingerprint(row, settings) for row in rows[:2]})
+        result = ingest(backend, sections, FakeStreamingEmbedder(),
+                        IngestOptions(chunk_size=500, wait_for_others=False)).summary
+    assert result["success_count"] == 4 and result["busy_count"] == 2 and result["skipped_count"] == 2

@@ -99,6 +99,9 @@ def nothing_read(paths: List[str], source) -> str:
             + "; supported: .jsonl, .ndjson, .json, .csv, .md, .markdown, .mdx, .txt, .rst")
 
 
+LEFT_TO_OTHERS_EXIT = 3
+
+
 @app.callback()
 def main() -> None:
     """Embed document sections in large, fast, safe batches into Postgres/pgvector."""
@@ -171,16 +174,26 @@ def ingest(
             keeping = keeping_for(store, service, db_wait)
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars,
-                                                                    keeping=keeping),
+                                                                    keeping=keeping, wait_for_others=not no_wait),
                                       service, lambda: source.count + reading.stored - reading.read, reading,
                                       json_out, "ingest", "the same command", store.close, index_bars=bars)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
+    left_to_others(summary, "ingest")
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
             out.print(f"  {section_id}: {scrub(reason)}", markup=False)
         for path in source.unread_paths:
             out.print(f"  not read: {path}", markup=False)
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)
+
+
+def left_to_others(summary: dict[str, Any], command: str) -> None:
+    """``--no-wait`` left sections to another run: not done, so not exit 0 (3: distinct from a
+    failure, 2, and an error, 1)."""
+    if summary["busy"]:
+        err.print(f"left to another run: {summary['busy']:,} sections not stored yet; run {command} again "
+                  "without --no-wait to wait for them", markup=False)
+        raise typer.Exit(LEFT_TO_OTHERS_EXIT)
 
 
 @app.command()
@@ -268,7 +281,7 @@ def sync(
                                                               keeping=keeping),
                                   service, lambda: total, reading, json_out, "sync", "sync", store.close)
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
-    summary = print_summary(result, service, reading, elapsed, json_out=json_out)
+    summary = print_summary(result, service, reading, elapsed, json_out=json_out, command="sync")
     raise typer.Exit(2 if summary["failed"] else 0)
 
 

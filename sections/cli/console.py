@@ -93,7 +93,9 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                 latest.update(success=counts["success"], failed=counts["failed"], skipped=counts["skipped"])
                 done = counts["success"] + counts["failed"] + counts["skipped"] + counts["pending"]
                 rate.add(done)
-                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"])
+                waiting = counts.get("waiting", 0)
+                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"],
+                           description=f"waiting for another run: {waiting:,}" if waiting else label)
 
             try:
                 result = run(on_progress)
@@ -106,11 +108,11 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                     raise
                 partial = getattr(error, "result", None) or {}
         if failure is not None:  # after the bar's last state: the error is the last line
-            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
+            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False, command=label)
             fail(f"{failure} — what was embedded is stored; run {again} again to finish")
         elapsed = time.perf_counter() - started
         if stopped or signals.received is not None:  # a signal ends the command, even after a finished run
-            print_summary(result, service, reading, elapsed, json_out=quiet)
+            print_summary(result, service, reading, elapsed, json_out=quiet, command=label)
             err.print(interrupted_line({"success": result.get("success_count", 0),
                                         "failed": result.get("failed_count", 0),
                                         "skipped": result.get("skipped_count", 0)}), markup=False)
@@ -181,7 +183,7 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "invalid": reading.invalid,
         "skipped": [{"reason": r, "count": n} for r, n in reading.skipped.most_common()],
         "files_not_read": dict(sorted(reading.unread.items())),
-        "unchanged": result.get("skipped_count", 0),
+        "unchanged": result.get("skipped_count", 0) - result.get("busy_count", 0),  # so the counts add up
         "embedded": result.get("success_count", 0),
         "busy": result.get("busy_count", 0),
         "pruned": result.get("pruned_count"),
@@ -200,17 +202,17 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
 
 
 def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapsed: float, *,
-                  json_out: bool) -> dict[str, Any]:
+                  json_out: bool, command: str = "ingest") -> dict[str, Any]:
     summary = summary_of(result, service, reading, elapsed)
     if json_out:
         out.print_json(json.dumps(summary))
         index_warning(summary)
         return summary
-    table = Table(title=f"ingest summary ({summary['model']})", show_header=False)
+    table = Table(title=f"{command} summary ({summary['model']})", show_header=False)
     rows = [("read", "read")] + ([("stored (after chunking)", "chunks")] if reading.chunked else [])
     rows += [("invalid (skipped)", "invalid"), ("unchanged", "unchanged"), ("embedded", "embedded"),
              ("failed", "failed"), ("tokens", "tokens")]
-    rows += [("left to another run embedding them", "busy")] if summary["busy"] else []
+    rows += [("left to another run (not stored yet)", "busy")] if summary["busy"] else []
     rows += [("pruned (gone from the sources)", "pruned")] if summary["pruned"] is not None else []
     for label, key in rows:
         table.add_row(label, f"{summary[key]:,}")

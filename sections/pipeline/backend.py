@@ -55,6 +55,11 @@ class Leases(Protocol):
         results are written as they arrive (``Backend.write_batch``, which drops the leases)."""
         ...
 
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        """``take``, after dropping the workers that died (and so their leases): what a run waiting
+        for another run's sections calls."""
+        ...
+
     def report(self, embedded: int) -> None:
         """How many sections this run has embedded so far (shown with its heartbeat)."""
         ...

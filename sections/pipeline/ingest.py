@@ -31,6 +31,7 @@ from sections.pipeline.outage import Patience
 from sections.pipeline.spool import Spool
 from sections.pipeline.stream import Keeping, embed_into, patience_for
 from sections.pipeline.tally import ProgressCallback, Tally
+from sections.pipeline.waiting import wait_for_others
 from sections.pipeline.writer import Writer
 from sections.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected, Section,
                           Selection, coerce_section, collection_problem)
@@ -54,6 +55,7 @@ class IngestOptions:
     collection: str = DEFAULT_COLLECTION
     prune: Selection | None = None  # the files and folders read: delete what they no longer hold
     dry_run_prune: bool = False  # with prune: list what would be deleted, delete nothing
+    wait_for_others: bool = True  # wait for the due sections another run holds (False: leave them, counted busy)
     keeping: Keeping = Keeping()  # waiting out a database that blinks; the spool when it does not come back
 
     def __post_init__(self) -> None:
@@ -110,12 +112,13 @@ def _at_once(action: Callable[[], T]) -> T:
 
 def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings: EmbeddingSettings,
              options: IngestOptions, tally: Tally, put: Callable[[FailureRow], None], seen: set[str],
-             stopped: Callable[[], bool] = lambda: False, patience: Patience | None = None) -> Iterator[Due]:
+             stopped: Callable[[], bool] = lambda: False, patience: Patience | None = None,
+             busy: dict[str, Due] | None = None) -> Iterator[Due]:
     """The sections to embed, as they are read: each chunk validated, stored in the collection and
     checked against the stored fingerprints; the due sections this run could lease are yielded,
     the rest counted. Blank sections go to ``put`` as failures; with a prune, the ids read are
     added to ``seen``. ``stopped`` is asked after each chunk. With ``patience``, each call into
-    the backend waits out an outage."""
+    the backend waits out an outage. Due sections another run holds go to ``busy``, when given."""
     call = patience.call if patience is not None else _at_once
     for chunk in chunked(sections, options.chunk_size):
         rejected: list[Rejected] = []
@@ -140,6 +143,8 @@ def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings
         tally.skip(split.unchanged)
         held = call(lambda: leases.take(settings, {due.section.id: due.digest for due in split.due}))
         tally.busy_elsewhere(len(split.due) - len(held))
+        if busy is not None:
+            busy.update((due.section.id, due) for due in split.due if due.section.id not in held)
         yield from (due for due in split.due if due.section.id in held)
         tally.report()
         if stopped():
@@ -174,7 +179,14 @@ def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder:
                     queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval,
                     patience=patience, spool=options.keeping.spool)
     seen: set[str] = set()  # ids read, kept only when a prune needs them
+    busy: dict[str, Due] = {}  # due sections another run holds
     dues = read_due(backend, leases, sections, settings, options, tally, writer.put, seen,
-                    lambda: writer.error is not None, patience)
+                    lambda: writer.error is not None, patience, busy if options.wait_for_others else None)
     embed_into(embedder, dues, writer, tally)
+    if busy:
+        wait_for_others(backend, leases, embedder, busy, tally, patience,
+                        lambda: Writer(backend, settings, tally, batch_size=options.write_batch,
+                                       queue_size=options.queue_size or 2 * options.write_batch,
+                                       flush_interval=options.flush_interval, patience=patience,
+                                       spool=options.keeping.spool))
     return Run(tally.result(), set(tally.dimensions)), seen

@@ -37,6 +37,11 @@ class PostgresLeases:
         with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             return leases.take(conn, self.worker, settings.model, wanted)
 
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
+            leases.reap(conn)
+            return leases.take(conn, self.worker, settings.model, wanted)
+
     def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
               collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> claims.Claimed | None:
         with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
@@ -128,6 +133,9 @@ class PostgresJobWorker:
 
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         return self.leases.take(settings, wanted)
+
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        return self.leases.take_over(settings, wanted)
 
     def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
               collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> claims.Claimed | None:

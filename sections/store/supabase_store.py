@@ -157,7 +157,7 @@ class SupabaseStore:
                build_index: bool | None = None, on_progress: ProgressCallback | None = None,
                collection: str = DEFAULT_COLLECTION, prune: Selection | None = None,
                on_index_progress: index_build.ProgressCallback | None = None,
-               keeping: Keeping | None = None) -> IngestSummary:
+               keeping: Keeping | None = None, wait_for_others: bool = True) -> IngestSummary:
         """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
         Streams (``sections.pipeline.ingest`` says how and why). Returns ``success_count``,
@@ -181,12 +181,13 @@ class SupabaseStore:
         ``keeping``: how long the run waits out a database that is away (sending held meanwhile;
         default two minutes) and where it spools what was answered if it does not come back
         (``sections.pipeline.stream.Keeping``); ``from_spool`` in the summary counts the answers
-        an earlier run spooled, written first.
+        an earlier run spooled, written first. Sections another run is embedding are waited for
+        (and taken over if that run dies); ``wait_for_others`` False leaves them, in ``busy_count``.
         """
         settings = embedding_service.settings
         check_model(settings.model)
         options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune,
-                                keeping=keeping or Keeping())
+                                wait_for_others=wait_for_others, keeping=keeping or Keeping())
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
         if run.from_spool:
             run.summary["from_spool"] = run.from_spool
