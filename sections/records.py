@@ -388,9 +388,8 @@ class ProgressCounts(TypedDict):
     """Where a run stands, as its progress callback sees it.
 
     ``success``, ``failed`` and ``skipped`` are committed; ``pending`` are answers received and not
-    committed yet (written a batch at a time), so a display that adds them moves as requests
-    complete. ``tokens`` is the provider's bill so far, the number the summary reports.
-    ``waiting``: sections another run holds that this run waits for (only while it does).
+    committed yet, so a display that adds them moves as requests complete. ``tokens`` is the
+    provider's bill so far, as the summary reports it; ``waiting``: sections another run holds.
     """
 
     success: int

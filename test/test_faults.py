@@ -182,3 +182,37 @@ def _kill_when_paying_process(sim, run: subprocess.Popen[str], inputs: int) -> N
         assert run.poll() is None, run.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def _wait_stored(db, count: int, timeout: float) -> float:
+    """Seconds until ``count`` vectors are stored."""
+    started = time.monotonic()
+    while _stored(db) < count:
+        assert time.monotonic() - started < timeout, f"{_stored(db)} of {count} stored after {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_watch_is_back_to_work_within_seconds_of_the_pooler_and_says_so_once(sim, bouncer, database_url, db,
+                                                                           tmp_path):
+    rows = [(f"w{i:03d}", f"Watched {i}", f"watched content {i}") for i in range(100)]
+    insert = "insert into sections (id, title, content) values (%s, %s, %s)"
+    db.cursor().executemany(insert, rows[:50])
+    watcher = _start("watch", "--model", MODEL, "--base-url", sim.base_url, "--database-url",
+                     bouncer.url_for(database_url), "--dimensions", "16", "--poll-only", "--poll-interval", "0.5",
+                     sim=sim, spool=tmp_path / "spool")
+    try:
+        _wait_stored(db, 50, 60)
+        bouncer.kill()
+        time.sleep(6.0)  # a dozen polls while it is away
+        db.cursor().executemany(insert, rows[50:])  # written straight to the server meanwhile
+        bouncer.start()
+        assert _wait_stored(db, 100, 30) <= 5.0
+    finally:
+        watcher.terminate()
+        stdout, stderr = watcher.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len([line for line in lines if line.startswith("database unreachable")]) == 1, stderr
+    assert len([line for line in lines if line.startswith("database back")]) == 1, stderr
+    assert "pass cut short" not in stderr

@@ -53,8 +53,12 @@ class PostgresLeases:
         """Counted at once (not at the next heartbeat), so ``status`` is current after every pass."""
         if embedded != self.embedded:
             self.embedded = embedded
-            with self.database.connection() as conn:
-                leases.beat(conn, self.worker, None, embedded)
+            try:
+                with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
+                    leases.beat(conn, self.worker, None, embedded)
+            except Exception as error:  # a count for ``status``: the next beat carries it
+                if not unreachable(error):
+                    raise
 
 
 class PostgresBackend:
@@ -85,7 +89,7 @@ class PostgresBackend:
         """Register a worker (reaping dead ones first), beat on a thread while the run lasts, and
         end it (its leases with it) however the run ends."""
         role = leases.Role(command, model, collection)
-        with self.database.connection() as conn:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             leases.reap(conn)
             worker = leases.register_worker(conn, role)
         held = PostgresLeases(self.database, worker)
