@@ -371,6 +371,7 @@ class IngestSummary(TypedDict):
     busy_count: NotRequired[int]  # of the skipped: due, but another run was embedding them (only when > 0)
     pruned_count: NotRequired[int]  # sections a prune deleted (only when a prune was asked for)
     index_error: NotRequired[str]  # why the index build after the run failed (the vectors are stored)
+    from_spool: NotRequired[int]  # answers an earlier run spooled, written before this run sent anything (when > 0)
 
 
 class BatchEmbeddings(TypedDict):
@@ -387,8 +388,8 @@ class ProgressCounts(TypedDict):
     """Where a run stands, as its progress callback sees it.
 
     ``success``, ``failed`` and ``skipped`` are committed; ``pending`` are answers received and not
-    committed yet (a sync commits a whole claim at once), so a display that adds them moves as
-    requests complete. ``tokens`` is the provider's bill so far, the number the summary reports.
+    committed yet, so a display that adds them moves as requests complete. ``tokens`` is the
+    provider's bill so far, as the summary reports it; ``waiting``: sections another run holds.
     """
 
     success: int
@@ -396,3 +397,4 @@ class ProgressCounts(TypedDict):
     skipped: int
     pending: int
     tokens: int
+    waiting: NotRequired[int]

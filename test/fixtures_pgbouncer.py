@@ -70,13 +70,24 @@ class Pgbouncer:
             run_as = owner
             for path in (self.folder, *self.folder.iterdir()):
                 os.chown(path, owner, -1)
-        self.process = subprocess.Popen([binary, str(self.folder / "pgbouncer.ini")], user=run_as,
+        self.binary, self.run_as = binary, run_as
+        self.start()
+
+    def start(self) -> None:
+        """Start pgbouncer (again, after ``kill``: same port, same config) and wait until it listens."""
+        self.process = subprocess.Popen([self.binary, str(self.folder / "pgbouncer.ini")], user=self.run_as,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """kill -9: every client connection drops at once, and nothing listens until ``start``."""
+        self.process.kill()
+        self.process.wait()
+        (self.folder / "pgbouncer.pid").unlink(missing_ok=True)
 
     def _config(self) -> str:
         return f"""\

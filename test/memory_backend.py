@@ -1,8 +1,8 @@
 """``MemoryBackend``: the pipeline's ``Backend`` in memory, for tests that need no Postgres.
 
 It keeps PostgresBackend's semantics (``test_backend_contract.py`` runs one suite against both,
-which is what makes it a faithful stand-in) with dicts and one lock. A claim holds its sections
-until it ends and buffers its writes, which apply when it ends without an exception.
+which is what makes it a faithful stand-in) with dicts and one lock. A claim leases its sections
+to its worker at once; a write drops the leases of what it stores, the worker's end the rest.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,25 +19,17 @@ from sections.fingerprint import fingerprint
 from sections.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult, check_vector, stored_reason, section_problem)
 
-__all__ = ["MemoryBackend", "MemoryClaim", "MemoryLeases"]
+__all__ = ["MemoryBackend", "MemoryClaimed", "MemoryLeases"]
 
 Key = tuple[str, str]  # (section id, model)
 Planned = tuple[list[VectorRow], list[FailureRow]]  # what a write stores once it commits
 
 
-@dataclass(slots=True)
-class MemoryClaim:
-    backend: MemoryBackend
-    settings: EmbeddingSettings
+@dataclass(frozen=True, slots=True)
+class MemoryClaimed:
     sections: list[Section]
     claimed: int
     last_id: str
-    pending: list[Planned] = field(default_factory=list)
-
-    def write(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow]) -> WriteResult:
-        result, planned = self.backend.plan(successes, failures)
-        self.pending.append(planned)
-        return result
 
 
 @dataclass(slots=True)
@@ -49,6 +41,24 @@ class MemoryLeases:
     def report(self, embedded: int) -> None:
         self.embedded = embedded
 
+    def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
+              collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> MemoryClaimed | None:
+        backend = self.backend
+        with backend.lock:
+            due = [section for section_id, section in sorted(backend.sections.items())
+                   if (after is None or section_id > after)
+                   and (collection is None or backend.collections[section_id] == collection)
+                   and (section_id, settings.model) not in backend.leases
+                   and backend.due(section, settings) and not backend.resting(section, settings, retry)][:limit]
+            for section in due:
+                backend.leases[section.id, settings.model] = self.worker
+        if not due:
+            return None
+        return MemoryClaimed([Section(s.id, s.title, s.content) for s in due], len(due), due[-1].id)
+
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        return self.take(settings, wanted)  # a worker's leases go when it ends: none is ever dead here
+
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         backend = self.backend
         with backend.lock:
@@ -56,7 +66,7 @@ class MemoryLeases:
             for section_id, digest in wanted.items():
                 key = (section_id, settings.model)
                 stored = backend.vectors.get(key)
-                if (section_id not in backend.sections or section_id in backend.held or key in backend.leases
+                if (section_id not in backend.sections or key in backend.leases
                         or (stored is not None and stored.content_hash == digest)):
                     continue
                 backend.leases[key] = self.worker
@@ -73,7 +83,6 @@ class MemoryBackend:
         self.vectors: dict[Key, VectorRow] = {}  # vector stored as float32, content_hash as bytes
         self.failures: dict[Key, tuple[str, int]] = {}  # (reason, attempts)
         self.failed_on: dict[Key, tuple[bytes | None, float]] = {}  # (fingerprint, when) of the last failure
-        self.held: set[str] = set()  # section ids that open claims hold
 
     # -- read helpers for tests ------------------------------------------------------------------------
 
@@ -157,11 +166,11 @@ class MemoryBackend:
             self._commit(settings.model, planned)
         return result
 
-    def _due(self, section: Section, settings: EmbeddingSettings) -> bool:
+    def due(self, section: Section, settings: EmbeddingSettings) -> bool:
         stored = self.vectors.get((section.id, settings.model))
         return stored is None or stored.content_hash != fingerprint(section, settings)
 
-    def _resting(self, section: Section, settings: EmbeddingSettings, retry: RetrySchedule | None) -> bool:
+    def resting(self, section: Section, settings: EmbeddingSettings, retry: RetrySchedule | None) -> bool:
         key = (section.id, settings.model)
         if retry is None or key not in self.failures:
             return False
@@ -169,33 +178,6 @@ class MemoryBackend:
         attempts = self.failures[key][1]
         return digest == fingerprint(section, settings) and (
             attempts >= retry.max_attempts or when > time.time() - min(attempts * retry.delay_s, retry.cap_s))
-
-    @contextmanager
-    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION,
-                  retry: RetrySchedule | None = None) -> Iterator[MemoryClaim | None]:
-        with self.lock:
-            due = [section for section_id, section in sorted(self.sections.items())
-                   if (after is None or section_id > after) and section_id not in self.held
-                   and (collection is None or self.collections[section_id] == collection)
-                   and (section_id, settings.model) not in self.leases
-                   and self._due(section, settings) and not self._resting(section, settings, retry)][:limit]
-            ids = {section.id for section in due}
-            self.held |= ids
-        if not due:
-            yield None
-            return
-        claim = MemoryClaim(self, settings, [Section(s.id, s.title, s.content) for s in due], len(due), due[-1].id)
-        committed = False
-        try:
-            yield claim
-            committed = True
-        finally:
-            with self.lock:
-                if committed:
-                    for planned in claim.pending:
-                        self._commit(settings.model, planned)
-                self.held -= ids
 
     @contextmanager
     def worker(self, command: str, model: str | None = None, collection: str | None = None) -> Iterator[MemoryLeases]:
@@ -206,6 +188,13 @@ class MemoryBackend:
             with self.lock:
                 for key in [key for key, holder in self.leases.items() if holder == worker]:
                     del self.leases[key]
+
+    def outage(self, error: BaseException) -> bool:
+        """A ``ConnectionError`` stands for a database that is away (what tests raise to say so)."""
+        return isinstance(error, ConnectionError)
+
+    def reconnect(self) -> bool:
+        return True
 
     def _selected(self, selection: Selection, section_id: str) -> bool:
         section = self.sections[section_id]

@@ -26,7 +26,7 @@ from sections.postgres.backend import PostgresBackend
 from sections.postgres.database import Database
 from sections.postgres.sections import get_section
 from sections.postgres.vectors import read_embedding
-from sections.records import MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, check_vector
+from sections.records import DEFAULT_COLLECTION, MAX_REASON_CHARS, EmbeddingSettings, FailureRow, Section, Selection, VectorRow, check_vector
 from memory_backend import MemoryBackend
 
 SETTINGS = EmbeddingSettings("model-a", 4)
@@ -102,6 +102,12 @@ def _current(section: Section, settings: EmbeddingSettings = SETTINGS, seed: flo
 
 def _ids(claim) -> list[str]:
     return [section.id for section in claim.sections]
+
+
+def _claim(backend, settings, after, limit, collection=DEFAULT_COLLECTION, retry=None):
+    """A claim by a run of its own that ends at once (dropping its leases): what is due and free."""
+    with backend.worker("sync") as run:
+        return run.claim(settings, after, limit, collection, retry)
 
 
 # -- upsert_sections ---------------------------------------------------------------------------------
@@ -269,95 +275,76 @@ def test_due_is_a_missing_vector_or_a_fingerprint_that_differs(subject):
     backend.write_batch(SETTINGS, [_current(rows[0]), VectorRow("b-stale", _vec(1), 1, b"\x00" * 16),
                                    VectorRow("c-no-hash", _vec(1), 1, None)], [])
     backend.write_batch(OTHER, [_current(rows[3], OTHER)], [])
-    with backend.claim_due(SETTINGS, None, 100) as claim:
-        assert _ids(claim) == ["b-stale", "c-no-hash", "d-other-model", "e-missing", "f-blank"]
-        assert claim.claimed == 5 and claim.last_id == "f-blank"
-        assert claim.sections[0] == Section("b-stale", "T", "c")
+    claim = _claim(backend, SETTINGS, None, 100)
+    assert _ids(claim) == ["b-stale", "c-no-hash", "d-other-model", "e-missing", "f-blank"]
+    assert claim.claimed == 5 and claim.last_id == "f-blank"
+    assert claim.sections[0] == Section("b-stale", "T", "c")
     # the same vector under other settings (the requested dimensions here) is out of date
-    with backend.claim_due(EmbeddingSettings("model-a", 8), None, 100) as claim:
-        assert "a-current" in _ids(claim)
+    claim = _claim(backend, EmbeddingSettings("model-a", 8), None, 100)
+    assert "a-current" in _ids(claim)
     # editing a section makes it due again
     backend.upsert_sections([Section("a-current", "T", "edited")])
-    with backend.claim_due(SETTINGS, None, 1) as claim:
-        assert _ids(claim) == ["a-current"]
+    claim = _claim(backend, SETTINGS, None, 1)
+    assert _ids(claim) == ["a-current"]
 
 
 def test_claims_walk_the_ids_in_order_after_a_point_up_to_a_limit(subject):
     backend = subject.backend
     backend.upsert_sections(_sections(6)[::-1])
-    with backend.claim_due(SETTINGS, None, 2) as claim:
-        assert _ids(claim) == ["s0", "s1"] and claim.claimed == 2 and claim.last_id == "s1"
-    with backend.claim_due(SETTINGS, "s1", 3) as claim:
-        assert _ids(claim) == ["s2", "s3", "s4"] and claim.last_id == "s4"
-    with backend.claim_due(SETTINGS, "s3x", 10) as claim:  # ``after`` need not be an id
-        assert _ids(claim) == ["s4", "s5"]
-    with backend.claim_due(SETTINGS, "s5", 10) as claim:
-        assert claim is None
+    claim = _claim(backend, SETTINGS, None, 2)
+    assert _ids(claim) == ["s0", "s1"] and claim.claimed == 2 and claim.last_id == "s1"
+    claim = _claim(backend, SETTINGS, "s1", 3)
+    assert _ids(claim) == ["s2", "s3", "s4"] and claim.last_id == "s4"
+    claim = _claim(backend, SETTINGS, "s3x", 10)  # ``after`` need not be an id
+    assert _ids(claim) == ["s4", "s5"]
+    claim = _claim(backend, SETTINGS, "s5", 10)
+    assert claim is None
 
 
 def test_claim_due_is_none_when_nothing_is_due(subject):
     backend = subject.backend
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert claim is None  # no sections at all
+    claim = _claim(backend, SETTINGS, None, 10)
+    assert claim is None  # no sections at all
     rows = _sections(3)
     backend.upsert_sections(rows)
     backend.write_batch(SETTINGS, [_current(row) for row in rows], [])
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert claim is None
+    claim = _claim(backend, SETTINGS, None, 10)
+    assert claim is None
 
 
-def test_two_open_claims_never_overlap(subject):
+def test_claims_of_live_runs_never_overlap_and_end_with_their_runs(subject):
     backend = subject.backend
     backend.upsert_sections(_sections(8))
     with ExitStack() as stack:
-        first = stack.enter_context(backend.claim_due(SETTINGS, None, 3))
-        second = stack.enter_context(backend.claim_due(SETTINGS, None, 3))
-        third = stack.enter_context(backend.claim_due(SETTINGS, None, 10))
+        runs = [stack.enter_context(backend.worker("sync")) for _ in range(4)]
+        first = runs[0].claim(SETTINGS, None, 3)
+        second = runs[1].claim(SETTINGS, None, 3)
+        third = runs[2].claim(SETTINGS, None, 10)
         assert _ids(first) == ["s0", "s1", "s2"]
         assert _ids(second) == ["s3", "s4", "s5"] and second.claimed == 3
         assert _ids(third) == ["s6", "s7"]
-        assert stack.enter_context(backend.claim_due(SETTINGS, None, 10)) is None  # everything is held
-    # the claims ended without writing: their sections are due and free again
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert claim.claimed == 8
+        assert runs[3].claim(SETTINGS, None, 10) is None  # everything is held
+    # the runs ended without writing: their sections are due and free again
+    claim = _claim(backend, SETTINGS, None, 10)
+    assert claim.claimed == 8
 
 
-def test_claim_writes_are_committed_when_it_ends(subject):
+def test_a_claim_commits_at_once_and_each_write_drops_the_leases_of_what_it_stored(subject):
     backend = subject.backend
-    rows = _sections(3)
+    rows = _sections(4)
     backend.upsert_sections(rows)
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        result = claim.write([_current(rows[0]), VectorRow("ghost", _vec(1), 1, None),
-                              VectorRow("s1", [np.inf], 1, None)], [FailureRow("s2", "poison")])
+    with backend.worker("sync") as run, backend.worker("sync") as other:
+        claim = run.claim(SETTINGS, None, 10)
+        assert _ids(claim) == ["s0", "s1", "s2", "s3"]
+        assert other.claim(SETTINGS, None, 10) is None  # held by the first run, without a transaction open
+        result = backend.write_batch(SETTINGS, [_current(rows[0]), VectorRow("ghost", _vec(1), 1, None),
+                                                VectorRow("s1", [np.inf], 1, None)], [FailureRow("s2", "poison")])
         assert (result.written, result.missing, result.recorded) == (1, ["ghost"], 2)
-        assert result.rejected == [FailureRow("s1", check_vector([np.inf])[1])]
-        assert claim.write([_current(rows[1], seed=3)], []).written == 1  # a second write in the same claim
-        # not visible to anyone else until the claim ends
-        assert subject.vector("s0", "model-a") is None and subject.failure("s2", "model-a") is None
-        assert backend.stored_hashes("model-a", ["s0"]) == {}
-    assert np.array_equal(subject.vector("s0", "model-a"), _vec(1))
-    assert np.array_equal(subject.vector("s1", "model-a"), _vec(3))
-    assert subject.failure("s1", "model-a") is None  # its rejection was cleared by the later success
-    assert subject.failure("s2", "model-a") == ("poison", 1)
-    assert backend.stored_hashes("model-a", ["s0", "s1"]) == {"s0": fingerprint(rows[0], SETTINGS),
-                                                              "s1": fingerprint(rows[1], SETTINGS)}
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert _ids(claim) == ["s2"]  # the failed section is still due; the others are done
-
-
-def test_a_claim_that_raises_writes_nothing_and_releases_its_sections(subject):
-    backend = subject.backend
-    rows = _sections(3)
-    backend.upsert_sections(rows)
-    backend.write_batch(SETTINGS, [], [FailureRow("s1", "before")])
-    with pytest.raises(RuntimeError, match="worker died"):
-        with backend.claim_due(SETTINGS, None, 10) as claim:
-            claim.write([_current(rows[0])], [FailureRow("s1", "during"), FailureRow("s2", "during")])
-            raise RuntimeError("worker died")
-    assert subject.vector("s0", "model-a") is None
-    assert subject.failure("s1", "model-a") == ("before", 1) and subject.failure("s2", "model-a") is None
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert _ids(claim) == ["s0", "s1", "s2"]
+        assert np.array_equal(subject.vector("s0", "model-a"), _vec(1))  # visible at once
+        assert subject.failure("s2", "model-a") == ("poison", 1)
+        # s1 (rejected) and s2 (failed) are free for another attempt; s3 is still held by the first run
+        assert _ids(other.claim(SETTINGS, None, 10)) == ["s1", "s2"]
+    assert _ids(_claim(backend, SETTINGS, None, 10)) == ["s1", "s2", "s3"]  # the runs ended: s0 is done
 
 
 def test_claims_from_many_threads_share_the_work_without_overlap(subject):
@@ -371,13 +358,11 @@ def test_claims_from_many_threads_share_the_work_without_overlap(subject):
     def worker(_):
         start.wait(timeout=10)
         after = None
-        while True:
-            with backend.claim_due(SETTINGS, after, 5) as claim:
-                if claim is None:
-                    return
+        with backend.worker("sync") as run:
+            while (claim := run.claim(SETTINGS, after, 5)) is not None:
                 after = claim.last_id
                 seen.extend(_ids(claim))
-                claim.write([_current(by_id[section_id]) for section_id in _ids(claim)], [])
+                backend.write_batch(SETTINGS, [_current(by_id[section_id]) for section_id in _ids(claim)], [])
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(worker, range(4)))  # re-raises what a worker raised
@@ -403,12 +388,12 @@ def test_sync_claims_stay_inside_a_collection_unless_asked_for_every_one(subject
     backend = subject.backend
     backend.upsert_sections(_sections(3, "d"), "docs")
     backend.upsert_sections(_sections(2, "p"), "python")
-    with backend.claim_due(SETTINGS, None, 10, "docs") as claim:
-        assert _ids(claim) == ["d0", "d1", "d2"]
-    with backend.claim_due(SETTINGS, None, 10, "nothing-here") as claim:
-        assert claim is None
-    with backend.claim_due(SETTINGS, None, 10, None) as claim:
-        assert _ids(claim) == ["d0", "d1", "d2", "p0", "p1"]
+    claim = _claim(backend, SETTINGS, None, 10, "docs")
+    assert _ids(claim) == ["d0", "d1", "d2"]
+    claim = _claim(backend, SETTINGS, None, 10, "nothing-here")
+    assert claim is None
+    claim = _claim(backend, SETTINGS, None, 10, None)
+    assert _ids(claim) == ["d0", "d1", "d2", "p0", "p1"]
 
 
 def _sourced(section_id: str, source: str | None) -> Section:
@@ -472,13 +457,13 @@ def test_a_leased_section_is_skipped_by_other_runs_and_by_sync_until_its_result_
         assert first.take(SETTINGS, _wanted(rows[:2])) == {"s0", "s1"}
         assert second.take(SETTINGS, _wanted(rows)) == {"s2"}
         assert first.take(OTHER, _wanted(rows[:1], OTHER)) == {"s0"}  # a lease is per model
-        with backend.claim_due(SETTINGS, None, 10) as claim:
-            assert claim is None  # all three are leased
+        claim = _claim(backend, SETTINGS, None, 10)
+        assert claim is None  # all three are leased
         backend.write_batch(SETTINGS, [_current(rows[0])], [FailureRow("s1", "refused")])
         # s0 is stored as wanted: nobody takes it again; s1 failed: free for another attempt
         assert second.take(SETTINGS, _wanted(rows[:2])) == {"s1"}
-    with backend.claim_due(SETTINGS, None, 10) as claim:  # the runs ended: their leases went with them
-        assert _ids(claim) == ["s1", "s2"]
+    claim = _claim(backend, SETTINGS, None, 10)  # the runs ended: their leases went with them
+    assert _ids(claim) == ["s1", "s2"]
 
 
 def test_a_lease_is_only_taken_for_a_section_still_due_with_that_fingerprint(subject):
@@ -494,25 +479,14 @@ def test_a_lease_is_only_taken_for_a_section_still_due_with_that_fingerprint(sub
         assert run.take(SETTINGS, {"gone": b"x" * 16}) == set()
 
 
-def test_a_section_held_by_a_sync_claim_is_not_leased(subject):
+def test_a_section_held_by_a_sync_claim_is_not_leased_and_the_other_way_round(subject):
     backend = subject.backend
-    rows = _sections(2)
+    rows = _sections(3)
     backend.upsert_sections(rows)
-    held, release = threading.Event(), threading.Event()
-
-    def claim() -> None:
-        with backend.claim_due(SETTINGS, None, 1) as claim:
-            assert _ids(claim) == ["s0"]
-            held.set()
-            release.wait(10)
-
-    with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(claim)
-        assert held.wait(10)
-        with backend.worker("ingest") as run:
-            assert run.take(SETTINGS, _wanted(rows)) == {"s1"}
-        release.set()
-        future.result()
+    with backend.worker("sync") as sync, backend.worker("ingest") as ingest:
+        assert _ids(sync.claim(SETTINGS, None, 1)) == ["s0"]
+        assert ingest.take(SETTINGS, _wanted(rows[:2])) == {"s1"}
+        assert _ids(sync.claim(SETTINGS, "s0", 10)) == ["s2"]
 
 
 # -- retries of failed sections ------------------------------------------------------------------------
@@ -528,20 +502,20 @@ def test_a_failed_section_rests_then_is_retried_then_given_up_until_it_changes(s
     backend.write_batch(SETTINGS, [], [failed])
     resting = RetrySchedule(max_attempts=3, delay_s=3600, cap_s=3600)
     eager = RetrySchedule(max_attempts=3, delay_s=0, cap_s=0)
-    with backend.claim_due(SETTINGS, None, 10, retry=resting) as claim:
-        assert _ids(claim) == ["s1"]  # s0 rests an hour after its failure
-    with backend.claim_due(SETTINGS, None, 10) as claim:
-        assert _ids(claim) == ["s0", "s1"]  # a plain sync still tries it once per run
-    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
-        assert _ids(claim) == ["s0", "s1"]
+    claim = _claim(backend, SETTINGS, None, 10, retry=resting)
+    assert _ids(claim) == ["s1"]  # s0 rests an hour after its failure
+    claim = _claim(backend, SETTINGS, None, 10)
+    assert _ids(claim) == ["s0", "s1"]  # a plain sync still tries it once per run
+    claim = _claim(backend, SETTINGS, None, 10, retry=eager)
+    assert _ids(claim) == ["s0", "s1"]
     backend.write_batch(SETTINGS, [], [failed, FailureRow("s1", "refused", fingerprint(rows[1], SETTINGS))])
     backend.write_batch(SETTINGS, [], [failed])
     assert subject.failure("s0", SETTINGS.model) == ("refused", 3)
-    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
-        assert _ids(claim) == ["s1"]  # three failures of the same text: given up
+    claim = _claim(backend, SETTINGS, None, 10, retry=eager)
+    assert _ids(claim) == ["s1"]  # three failures of the same text: given up
     edited = Section("s0", "Title 0", "edited: worth another try")
     backend.upsert_sections([edited])
-    with backend.claim_due(SETTINGS, None, 10, retry=eager) as claim:
-        assert _ids(claim) == ["s0", "s1"]
+    claim = _claim(backend, SETTINGS, None, 10, retry=eager)
+    assert _ids(claim) == ["s0", "s1"]
     backend.write_batch(SETTINGS, [], [FailureRow("s0", "refused again", fingerprint(edited, SETTINGS))])
     assert subject.failure("s0", SETTINGS.model) == ("refused again", 1)  # a new text starts again at 1

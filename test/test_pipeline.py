@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 import time
 
 import numpy as np
 import pytest
 
 from sections.engine.errors import ProviderFatalError
-from sections.fingerprint import section_text
+from sections.fingerprint import fingerprint, section_text
 from sections.pipeline.ingest import IngestOptions, ingest
-from sections.pipeline.sync import sync
-from sections.records import Section
+from sections.pipeline.outage import OutagePolicy
+from sections.pipeline.spool import Spool
+from sections.pipeline.stream import Keeping
+from sections.pipeline.sync import SyncOptions, sync
+from sections.records import Section, VectorRow
 from fake_embedder import FakeStreamingEmbedder, StreamedSections
 from memory_backend import MemoryBackend
 
@@ -119,6 +121,9 @@ def test_a_fatal_provider_error_keeps_what_arrived_and_attaches_the_partial_summ
     assert result["skipped_count"] == 45 and result["success_count"] == 55 and len(rerun.embedded) == 55
 
 
+NO_WAITING = Keeping(OutagePolicy(window_s=0))  # a run that does not wait for its database
+
+
 class BrokenWrites(MemoryBackend):
     """Stores ``good`` batches, then every write fails (the database went away)."""
 
@@ -145,7 +150,7 @@ def test_a_failing_write_stops_the_run_and_the_error_carries_the_result():
     sections = StreamedSections(5000, before=wait_for_the_failure)
     with pytest.raises(ConnectionError) as caught:
         _ingest(backend, sections, FakeStreamingEmbedder(window=10),
-                IngestOptions(chunk_size=50, write_batch=10, flush_interval=0.01))
+                IngestOptions(chunk_size=50, write_batch=10, flush_interval=0.01, keeping=NO_WAITING))
     assert caught.value.result["success_count"] == 10 == len(backend.vectors)  # the batch that was stored
     assert sections.pulled <= 250  # stopped within a chunk of the failure, not at the end of the input
 
@@ -306,37 +311,10 @@ def test_sync_on_a_fatal_error_commits_what_arrived():
     with pytest.raises(ProviderFatalError) as caught:
         sync(backend, FakeStreamingEmbedder(window=10, fatal_after=15), claim_batch=50)
     assert caught.value.result["success_count"] == 15 == len(backend.vectors)
-    assert backend.failures == {} and backend.held == set()
+    assert backend.failures == {} and backend.leases == {}
 
 
-class FailingClaim:
-    """A claim whose write fails (the database went away mid-claim)."""
-
-    def __init__(self, claim):
-        self._claim = claim
-
-    def __getattr__(self, name):
-        return getattr(self._claim, name)
-
-    def write(self, successes, failures):
-        raise ConnectionError("database went away")
-
-
-class BrokenClaims(MemoryBackend):
-    """Claims ``good`` times normally, then every claim's write fails."""
-
-    def __init__(self, good):
-        super().__init__()
-        self.good = good
-
-    @contextmanager
-    def claim_due(self, settings, after, limit, collection="default", retry=None):
-        with super().claim_due(settings, after, limit, collection, retry) as claim:
-            if claim is None or self.good > 0:
-                self.good -= 1
-                yield claim
-            else:
-                yield FailingClaim(claim)
+BATCHES_OF_10 = SyncOptions(write_batch=10, flush_interval=60, keeping=NO_WAITING)
 
 
 class InterruptedAfter(FakeStreamingEmbedder):
@@ -353,17 +331,17 @@ class InterruptedAfter(FakeStreamingEmbedder):
             yield outcome
 
 
-def test_sync_on_a_failing_claim_write_keeps_what_was_committed_and_carries_the_result():
-    backend = BrokenClaims(good=1)
+def test_sync_on_a_failing_write_keeps_what_was_committed_and_carries_the_result():
+    backend = BrokenWrites(good=1)
     _stored(backend, _sections(30))
     with pytest.raises(ConnectionError) as caught:
-        sync(backend, FakeStreamingEmbedder(), claim_batch=10)
-    assert caught.value.result["success_count"] == 10 == len(backend.vectors)  # the claim that committed
-    assert backend.held == set()
+        sync(backend, FakeStreamingEmbedder(), claim_batch=10, options=BATCHES_OF_10)
+    assert caught.value.result["success_count"] == 10 == len(backend.vectors)  # the batch that was written
+    assert backend.leases == {}
 
 
 def test_sync_interrupted_while_its_write_fails_raises_the_interrupt_with_the_result():
-    backend = BrokenClaims(good=0)
+    backend = BrokenWrites(good=0)
     _stored(backend, _sections(30))
     with pytest.raises(KeyboardInterrupt) as caught:
         sync(backend, InterruptedAfter(3), claim_batch=10)
@@ -395,3 +373,126 @@ def test_syncs_in_threads_never_embed_a_section_twice():
     assert len(done) == len(set(done)) == 300
     assert all(e.embedded for e in embedders)  # all three held work at once
     assert len(backend.vectors) == 300
+
+
+# -- a database that blinks ------------------------------------------------------------------------------
+
+
+class Blinks(MemoryBackend):
+    """A database away from the ``after``-th write on, for ``writes`` failed writes (None: for good)."""
+
+    def __init__(self, after, writes=None):
+        super().__init__()
+        self.after, self.writes = after, writes
+        self.attempts = 0
+
+    def write_batch(self, settings, successes, failures):
+        self.attempts += 1
+        if self.attempts > self.after and (self.writes is None or self.attempts <= self.after + self.writes):
+            raise ConnectionError("server closed the connection unexpectedly")
+        return super().write_batch(settings, successes, failures)
+
+
+class HeldSends(FakeStreamingEmbedder):
+    """Notes whether it was asked to hold its sending (as ``EmbeddingService.hold_sending`` is)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hold_sending = threading.Event()
+        self.stop_requested = threading.Event()
+        self.held = 0
+
+    def stream_embeddings(self, items):
+        for outcome in super().stream_embeddings(items):
+            self.held += self.hold_sending.is_set()
+            yield outcome
+
+
+QUICK_PROBES = OutagePolicy(window_s=30, probe_s=0.01)
+
+
+@pytest.mark.parametrize("run", ["ingest", "sync"])
+def test_a_database_that_blinks_is_waited_out_and_every_answer_is_kept(run):
+    backend = Blinks(after=2, writes=3)
+    sections = _sections(200)
+    embedder = HeldSends(window=10)
+    changes = []
+    keeping = Keeping(QUICK_PROBES, on_outage=changes.append)
+    if run == "sync":
+        _stored(backend, sections)
+        result = sync(backend, embedder, claim_batch=50,
+                      options=SyncOptions(write_batch=20, flush_interval=60, keeping=keeping)).summary
+    else:
+        result = _ingest(backend, sections, embedder,
+                         IngestOptions(chunk_size=50, write_batch=20, flush_interval=60, keeping=keeping))
+    assert result["success_count"] == 200 == len(backend.vectors) and result["failed_count"] == 0
+    assert len(embedder.embedded) == 200  # nothing paid twice
+    assert changes == [True, False]  # one outage: one line when it starts, one when it ends
+    assert not embedder.hold_sending.is_set() and backend.leases == {}
+
+
+def test_a_database_that_stays_away_spools_what_was_answered_and_the_rerun_writes_it_first(tmp_path):
+    backend = Blinks(after=1)
+    sections = _sections(100)
+    spool = Spool(tmp_path / "spool.jsonl")
+    keeping = Keeping(OutagePolicy(window_s=0.2, probe_s=0.01), spool=spool)
+    first = HeldSends(window=10)
+    with pytest.raises(Exception, match="out of reach") as caught:
+        _ingest(backend, sections, first, IngestOptions(chunk_size=20, write_batch=10, flush_interval=60, keeping=keeping))
+    stored = len(backend.vectors)
+    assert stored == 10 and spool.added == len(first.embedded) - stored > 0
+    assert str(spool.path) in str(caught.value)
+    backend.writes = 0  # back
+    rerun = FakeStreamingEmbedder()
+    result = ingest(backend, sections, rerun, IngestOptions(keeping=Keeping(spool=Spool(spool.path))))
+    assert result.from_spool == spool.added and not spool.path.exists()
+    assert len(backend.vectors) == 100
+    assert not set(first.embedded) & set(rerun.embedded)  # what the first run was answered is not bought again
+
+
+# -- waiting for another run -------------------------------------------------------------------------
+
+
+def test_an_ingest_waits_for_what_another_run_holds_and_takes_over_what_it_left():
+    backend = MemoryBackend()
+    sections = _sections(20)
+    rows = [Section(s["id"], s["title"], s["content"]) for s in sections]
+    backend.upsert_sections(rows)
+    settings = FakeStreamingEmbedder().settings
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run():
+        with backend.worker("ingest") as other:
+            assert other.take(settings, {row.id: fingerprint(row, settings) for row in rows[:10]}) == {
+                f"s{i}" for i in range(10)}
+            holding.set()
+            release.wait(10)
+            backend.write_batch(settings, [VectorRow(row.id, np.ones(8, np.float32), 1, fingerprint(row, settings))
+                                           for row in rows[:4]], [])
+        # it ends (or dies) holding s4..s9: their leases go with it
+
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(other_run)
+        assert holding.wait(5)
+        embedder = FakeStreamingEmbedder()
+        threading.Timer(1.5, release.set).start()
+        result = ingest(backend, sections, embedder, FAST, lambda counts: seen.append(counts.get("waiting", 0))).summary
+        future.result()
+    assert result["success_count"] == 16 and result["skipped_count"] == 4 and "busy_count" not in result
+    assert sorted(embedder.embedded) == sorted(_text(s) for s in sections[4:])  # nothing paid twice
+    assert 10 in seen and seen[-1] == 0  # the display said it was waiting for 10, then for none
+    assert len(backend.vectors) == 20
+
+
+def test_an_ingest_told_not_to_wait_leaves_them_counted_busy():
+    backend = MemoryBackend()
+    sections = _sections(6)
+    rows = [Section(s["id"], s["title"], s["content"]) for s in sections]
+    backend.upsert_sections(rows)
+    settings = FakeStreamingEmbedder().settings
+    with backend.worker("ingest") as other:
+        other.take(settings, {row.id: fingerprint(row, settings) for row in rows[:2]})
+        result = ingest(backend, sections, FakeStreamingEmbedder(),
+                        IngestOptions(chunk_size=500, wait_for_others=False)).summary
+    assert result["success_count"] == 4 and result["busy_count"] == 2 and result["skipped_count"] == 2

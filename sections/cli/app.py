@@ -20,9 +20,9 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from sections.cli.common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands, Concurrency, DatabaseUrl,
-                             Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection,
-                             open_store, refuse_unknown_model)
+from sections.cli.common import (DEFAULT_DB_WAIT_S, DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands,
+                             Concurrency, DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm,
+                             build_service, chosen_collection, keeping_for, open_store, refuse_unknown_model)
 from sections.cli.batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from sections.cli.lifecycle import delete, drop_model, source_scope
 from sections.cli.dry_run import dry_run_report, sync_dry_run
@@ -99,6 +99,9 @@ def nothing_read(paths: List[str], source) -> str:
             + "; supported: .jsonl, .ndjson, .json, .csv, .md, .markdown, .mdx, .txt, .rst")
 
 
+LEFT_TO_OTHERS_EXIT = 3
+
+
 @app.callback()
 def main() -> None:
     """Embed document sections in large, fast, safe batches into Postgres/pgvector."""
@@ -135,6 +138,7 @@ def ingest(
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
+    db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
@@ -167,17 +171,29 @@ def ingest(
         if not own_budget:
             store.share_budget(service)
         with IndexBars(json_out, err) as bars:
+            keeping = keeping_for(store, service, db_wait)
             result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
-                                                                    collection=name, prune=scope, on_index_progress=bars),
+                                                                    collection=name, prune=scope, on_index_progress=bars,
+                                                                    keeping=keeping, wait_for_others=not no_wait),
                                       service, lambda: source.count + reading.stored - reading.read, reading,
                                       json_out, "ingest", "the same command", store.close, index_bars=bars)
     summary = print_summary(result, service, reading, elapsed, json_out=json_out)
+    left_to_others(summary, "ingest")
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
             out.print(f"  {section_id}: {scrub(reason)}", markup=False)
         for path in source.unread_paths:
             out.print(f"  not read: {path}", markup=False)
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)
+
+
+def left_to_others(summary: dict[str, Any], command: str) -> None:
+    """``--no-wait`` left sections to another run: not done, so not exit 0 (3: distinct from a
+    failure, 2, and an error, 1)."""
+    if summary["busy"]:
+        err.print(f"left to another run: {summary['busy']:,} sections not stored yet; run {command} again "
+                  "without --no-wait to wait for them", markup=False)
+        raise typer.Exit(LEFT_TO_OTHERS_EXIT)
 
 
 @app.command()
@@ -241,6 +257,7 @@ def sync(
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
+    db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
@@ -259,10 +276,12 @@ def sync(
         todo = store.status(service.model, collection=name).get(service.model, {})
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
-        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name),
+        keeping = keeping_for(store, service, db_wait)
+        result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name,
+                                                              keeping=keeping),
                                   service, lambda: total, reading, json_out, "sync", "sync", store.close)
     reading.read = reading.stored = result.get("success_count", 0) + result.get("failed_count", 0)
-    summary = print_summary(result, service, reading, elapsed, json_out=json_out)
+    summary = print_summary(result, service, reading, elapsed, json_out=json_out, command="sync")
     raise typer.Exit(2 if summary["failed"] else 0)
 
 

@@ -36,8 +36,10 @@ BatchApi = Annotated[bool, typer.Option(
     "--batch-api", help="Embed through OpenAI's Batch API: half the price and a separate rate-limit pool; results "
                         "within 24 h, usually minutes. Jobs are recorded first: a rerun resumes them.")]
 NoWait = Annotated[bool, typer.Option(
-    "--no-wait", help="With --batch-api: submit the jobs and exit; a rerun or `sections batches --collect` "
-                      "writes their results.")]
+    "--no-wait", help="Do not wait for others: leave the sections another run is embedding to it and exit 3 saying "
+                      "how many are left (by default a run waits for them, and takes over those whose run died); "
+                      "with --batch-api, submit the jobs and exit: a rerun or `sections batches --collect` writes "
+                      "their results.")]
 Fallback = Annotated[bool, typer.Option(
     "--fallback", help="With --batch-api: embed what a job did not deliver (expired, failed) synchronously, at the "
                        "full price, instead of in a new job.")]
@@ -57,7 +59,7 @@ def batch_flags(batch_api: bool, no_wait: bool, fallback: bool, max_inputs: Opti
                 max_bytes: Optional[int]) -> BatchFlags | None:
     """The batch options asked for (None: a synchronous run), or a one-line error for a bad mix."""
     if not batch_api:
-        for given, flag in ((no_wait, "--no-wait"), (fallback, "--fallback"), (max_inputs is not None,
+        for given, flag in ((fallback, "--fallback"), (max_inputs is not None,
                             "--batch-max-inputs"), (max_bytes is not None, "--batch-max-bytes")):
             if given:
                 fail(f"{flag} needs --batch-api")

@@ -109,6 +109,45 @@ def build_service(model: str, base_url: Optional[str], provider: Optional[str], 
         fail(str(error))
 
 
+DbWait = Annotated[float, typer.Option(
+    "--db-wait", help="Seconds a run waits for its database to come back (sending nothing meanwhile) before it "
+    "stops; what was answered is then kept in a local spool that the next run writes first.")]
+DEFAULT_DB_WAIT_S = 120.0
+SPOOL_DIR_ENV = "SECTIONS_SPOOL_DIR"  # where spools live (default: the user's state folder)
+
+
+def keeping_for(store: Any, service: Any, db_wait: float) -> Any:
+    """How an ingest or sync keeps what it pays for when its database blinks: it waits ``db_wait``
+    seconds, saying in one line when an outage starts and one when it ends, then spools to the
+    file of this database and these settings (``sections.pipeline.spool``)."""
+    import hashlib
+    import os
+    import time
+    from pathlib import Path
+
+    import platformdirs
+
+    from sections.cli.console import err
+    from sections.pipeline.outage import OutagePolicy
+    from sections.pipeline.spool import Spool
+    from sections.pipeline.stream import Keeping
+
+    if db_wait < 0:
+        fail("--db-wait: must be 0 or more seconds")
+    folder = Path(os.environ.get(SPOOL_DIR_ENV) or Path(platformdirs.user_state_dir("sections")) / "spool")
+    key = hashlib.sha256(f"{store.url_masked}\0{service.settings!r}".encode()).hexdigest()[:20]
+    since = [0.0]
+
+    def said(away: bool) -> None:
+        if away:
+            since[0] = time.monotonic()
+            err.print(f"database unreachable: sending held; waiting up to {db_wait:.0f} s for it", markup=False)
+        else:
+            err.print(f"database back after {time.monotonic() - since[0]:.1f} s: sending resumed", markup=False)
+
+    return Keeping(OutagePolicy(window_s=db_wait), Spool(folder / f"{key}.jsonl"), said)
+
+
 def open_store(database_url: Optional[str]):
     with loading():
         from sections.store.supabase_store import SupabaseStore

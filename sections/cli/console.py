@@ -25,6 +25,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sections.engine.errors import Interrupted, ProviderFatalError
+from sections.pipeline.outage import DatabaseAway
+from sections.postgres.database import raised_in_psycopg
 from sections.cli.interrupts import Signals, leave
 from sections.cli.progress_bars import IndexBars, RecentRate, progress_bar
 from sections.redact import mask_secrets, scrub
@@ -91,23 +93,26 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                 latest.update(success=counts["success"], failed=counts["failed"], skipped=counts["skipped"])
                 done = counts["success"] + counts["failed"] + counts["skipped"] + counts["pending"]
                 rate.add(done)
-                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"])
+                waiting = counts.get("waiting", 0)
+                bar.update(task, total=max(total(), done), completed=done, tokens=counts["tokens"],
+                           description=f"waiting for another run: {waiting:,}" if waiting else label)
 
             try:
                 result = run(on_progress)
             except Interrupted as error:
                 result, stopped = getattr(error, "result", None) or {}, True
             except Exception as error:
-                failure = str(error) if isinstance(error, ProviderFatalError) else database_problem(error)
+                failure = (mask_secrets(str(error)) if isinstance(error, (ProviderFatalError, DatabaseAway))
+                           else database_problem(error))
                 if failure is None:
                     raise
                 partial = getattr(error, "result", None) or {}
         if failure is not None:  # after the bar's last state: the error is the last line
-            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False)
+            print_summary(partial, service, reading, time.perf_counter() - started, json_out=False, command=label)
             fail(f"{failure} — what was embedded is stored; run {again} again to finish")
         elapsed = time.perf_counter() - started
         if stopped or signals.received is not None:  # a signal ends the command, even after a finished run
-            print_summary(result, service, reading, elapsed, json_out=quiet)
+            print_summary(result, service, reading, elapsed, json_out=quiet, command=label)
             err.print(interrupted_line({"success": result.get("success_count", 0),
                                         "failed": result.get("failed_count", 0),
                                         "skipped": result.get("skipped_count", 0)}), markup=False)
@@ -122,8 +127,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
 
 def stopped_by(error: BaseException) -> str:
     """What stopped a run, in words that hold no secret."""
-    if isinstance(error, ProviderFatalError):
-        return str(error)
+    if isinstance(error, (ProviderFatalError, DatabaseAway)):
+        return mask_secrets(str(error))
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return database_problem(error) or mask_secrets(first_line)
 
@@ -139,20 +144,10 @@ def database_problem(error: BaseException) -> str | None:
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if isinstance(error, (psycopg.Error, PoolTimeout)):
         return f"database error: {mask_secrets(first_line)}"
-    if isinstance(error, Exception) and _raised_in_psycopg(error):
+    if isinstance(error, Exception) and raised_in_psycopg(error):
         return (f"database error: psycopg stopped in the middle of a command ({type(error).__name__}: "
                 f"{mask_secrets(first_line)}), as it does when the server or a pooler drops the connection")
     return None
-
-
-def _raised_in_psycopg(error: BaseException) -> bool:
-    traceback = error.__traceback__
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
-    return module.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c")
 
 
 _SILENT = logging.NullHandler()
@@ -188,7 +183,7 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "invalid": reading.invalid,
         "skipped": [{"reason": r, "count": n} for r, n in reading.skipped.most_common()],
         "files_not_read": dict(sorted(reading.unread.items())),
-        "unchanged": result.get("skipped_count", 0),
+        "unchanged": result.get("skipped_count", 0) - result.get("busy_count", 0),  # so the counts add up
         "embedded": result.get("success_count", 0),
         "busy": result.get("busy_count", 0),
         "pruned": result.get("pruned_count"),
@@ -207,17 +202,17 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
 
 
 def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapsed: float, *,
-                  json_out: bool) -> dict[str, Any]:
+                  json_out: bool, command: str = "ingest") -> dict[str, Any]:
     summary = summary_of(result, service, reading, elapsed)
     if json_out:
         out.print_json(json.dumps(summary))
         index_warning(summary)
         return summary
-    table = Table(title=f"ingest summary ({summary['model']})", show_header=False)
+    table = Table(title=f"{command} summary ({summary['model']})", show_header=False)
     rows = [("read", "read")] + ([("stored (after chunking)", "chunks")] if reading.chunked else [])
     rows += [("invalid (skipped)", "invalid"), ("unchanged", "unchanged"), ("embedded", "embedded"),
              ("failed", "failed"), ("tokens", "tokens")]
-    rows += [("left to another run embedding them", "busy")] if summary["busy"] else []
+    rows += [("left to another run (not stored yet)", "busy")] if summary["busy"] else []
     rows += [("pruned (gone from the sources)", "pruned")] if summary["pruned"] is not None else []
     for label, key in rows:
         table.add_row(label, f"{summary[key]:,}")

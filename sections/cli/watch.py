@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from sections.cli.common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency, DatabaseUrl, Dimensions,
-                             JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection, open_store,
-                             refuse_unknown_model)
+from sections.cli.common import (DEFAULT_DB_WAIT_S, DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Concurrency,
+                             DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service,
+                             chosen_collection, keeping_for, open_store, refuse_unknown_model)
 from sections.cli.console import err, fail, out, stopped_by
 from sections.engine.errors import Interrupted, ProviderFatalError
 from sections.cli.interrupts import Signals, leave
@@ -49,6 +49,7 @@ def watch(
     retry_delay: Annotated[float, typer.Option(help="Seconds a failed section waits per failed attempt.")] = 60.0,
     own_budget: OwnBudget = False,
     json_out: JsonOut = False,
+    db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Embed what is due, then every insert and edit as it comes (LISTEN/NOTIFY, with polling); many may run at once."""
     from sections.pipeline.watch import Pass, WatchOptions
@@ -69,6 +70,8 @@ def watch(
                 "provider_unavailable": done.transient, "error": done.error}
         if json_out:
             print(json.dumps(line), flush=True)  # one object per line, as log shippers read them
+        elif done.outage:
+            pass  # one line when the outage starts and one when it ends (keeping_for says them)
         elif done.error is not None:
             err.print(f"{line['at']} pass cut short ({stopped_by(Exception(done.error))}); retrying", markup=False)
         elif line["embedded"] or line["failed"] or done.transient:
@@ -83,7 +86,8 @@ def watch(
         where = "every collection" if name is None else f"collection {name}"
         err.print(f"watching {service.model} in {where}: {feed.how}; rate budget {budget}; "
                   "Ctrl-C stops", markup=False)  # on stderr even with --json: stdout holds one object per pass
-        options = WatchOptions(name, poll_interval, retry=RetrySchedule(max_attempts, retry_delay), once=once)
+        options = WatchOptions(name, poll_interval, retry=RetrySchedule(max_attempts, retry_delay), once=once,
+                               keeping=keeping_for(store, service, db_wait))
         try:
             totals = store.watch(service, options, feed.feed, stop, report)
         except Interrupted:

@@ -17,6 +17,9 @@ Why it is shaped this way:
   tokens, holding the GIL), so it is never in a request's way: requests go out on their units'
   upper bounds, the dispatcher's own thread counts them while they are in flight, and a caller
   that wants no per-item counts (``count_items=False``) is spared it, the bill being the total.
+- A hold (the ``hold`` event: the database that keeps the answers is away) is read at the same
+  place: nothing new is sent while it is set, the replies in flight are still yielded, and sending
+  resumes when it is cleared. An answer nobody can keep is not worth buying.
 """
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ class Dispatcher:
         stop: threading.Event | None = None,
         stop_grace_s: float = STOP_GRACE_S,
         count_items: bool = True,
+        hold: threading.Event | None = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -121,6 +125,7 @@ class Dispatcher:
         # False: an outcome's tokens is None unless its input had to be counted anyway (a long one,
         # a token budget to keep, a reply without a bill).
         self.count_items = count_items
+        self.hold = hold
 
     def run(self, items: Iterable[tuple[Hashable, str]], max_inputs: int | None = None) -> Iterator[EmbeddingOutcome]:
         """Yield one outcome per item as requests complete.
@@ -142,7 +147,7 @@ class Dispatcher:
         exhausted = False
         try:
             while True:
-                while fatal is None and not self._stopping() and len(in_flight) < self.concurrency:
+                while fatal is None and not self._stopping() and not self._holding() and len(in_flight) < self.concurrency:
                     if retry_queue:
                         request = retry_queue.popleft()
                     elif not exhausted:
@@ -163,8 +168,11 @@ class Dispatcher:
                     yield from ready
                     ready.clear()
                 if not in_flight:
+                    if fatal is None and stopped_at is None and self._holding():
+                        self._wait_while_held()
+                        continue
                     break
-                timeout = None if self.stop is None else STOP_POLL_S
+                timeout = None if self.stop is None and self.hold is None else STOP_POLL_S
                 if stopped_at is not None:
                     timeout = stopped_at + self.stop_grace_s - time.monotonic()
                     if timeout <= 0:
@@ -221,6 +229,15 @@ class Dispatcher:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         done, _ = wait(in_flight, timeout=left, return_when=FIRST_COMPLETED)
         return done
+    def _holding(self) -> bool:
+        return self.hold is not None and self.hold.is_set()
+
+    def _wait_while_held(self) -> None:
+        """Nothing in flight and nothing to be sent: wait a moment for the hold to lift (or a stop)."""
+        if self.stop is not None:
+            self.stop.wait(STOP_POLL_S)
+        else:
+            time.sleep(STOP_POLL_S)
 
     # -- reading and packing -------------------------------------------------------------------
 

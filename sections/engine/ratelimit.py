@@ -34,7 +34,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 class SharedBudget(Protocol):
     """A rate budget shared with other processes."""
 
-    def reserve(self, tokens: int, rates: Rates) -> Reservation:
+    def reserve(self, tokens: int, rates: Rates) -> Reservation | None:
         """Reserve one request of ``tokens``: when it may go, and its place in the schedule."""
         ...
 
@@ -169,6 +169,8 @@ class RateLimiter:
                 return ticket  # the first replies' readings bring what it spent into the schedule
             rates = self._rates()
         reservation = shared.reserve(tokens, rates)
+        if reservation is None:  # the schedule's database is away: the request goes unscheduled
+            return ticket
         if reservation.wait_s > 0:
             if cancelled is None:
                 time.sleep(reservation.wait_s)

@@ -37,13 +37,27 @@ class ChangeFeed(Protocol):
 
 
 class Leases(Protocol):
-    """One running ingest's hold on the sections it is embedding, so no concurrent run pays for
-    them again. The hold ends when their results are written, when the run ends, or when the
-    run dies (a crashed run never blocks anyone for long)."""
+    """One running ingest's or sync's hold on the sections it is embedding, so no concurrent run
+    pays for them again. The hold ends when their results are written, when the run ends, or when
+    the run dies (a crashed run never blocks anyone for long). Taking a hold is a short transaction
+    of its own: nothing stays open while the sections are embedded."""
 
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         """Lease the sections of ``wanted`` (id → the fingerprint about to be embedded) that are
         still due and held by no other run (no live lease, no sync claim); the ids now held."""
+        ...
+
+    def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
+              collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> Claim | None:
+        """Lease up to ``limit`` due sections of ``collection`` (None: every collection) after
+        ``after`` (id order) that no other run holds (and, with ``retry``, that are not resting
+        after failing on the same fingerprint); None when there are none. Committed at once: the
+        results are written as they arrive (``Backend.write_batch``, which drops the leases)."""
+        ...
+
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        """``take``, after dropping the workers that died (and so their leases): what a run waiting
+        for another run's sections calls."""
         ...
 
     def report(self, embedded: int) -> None:
@@ -52,7 +66,7 @@ class Leases(Protocol):
 
 
 class Claim(Protocol):
-    """Sections locked for one worker until the claim ends; results are written inside it."""
+    """Sections a claim leased to its worker, and where it reached in id order."""
 
     @property
     def sections(self) -> list[Section]:
@@ -67,10 +81,6 @@ class Claim(Protocol):
     @property
     def last_id(self) -> str:
         """Where the claim reached in id order: the next claim starts after it."""
-        ...
-
-    def write(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow]) -> WriteResult:
-        """Write results inside the claim; they are committed when the claim ends without an error."""
         ...
 
 
@@ -100,18 +110,19 @@ class Backend(Protocol):
         """
         ...
 
-    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION,
-                  retry: RetrySchedule | None = None) -> AbstractContextManager[Claim | None]:
-        """Claim up to ``limit`` due sections of ``collection`` (None: every collection) after
-        ``after`` (id order) that no other claim or lease holds (and, with ``retry``, that are not
-        resting after failing on the same fingerprint); None when there are none. Leaving the
-        context commits what was written, or on an exception undoes it."""
-        ...
-
     def worker(self, command: str, model: str | None = None,
                collection: str | None = None) -> AbstractContextManager[Leases]:
         """A registered run (with a heartbeat) that can take leases; leaving the context releases them all."""
+        ...
+
+    def outage(self, error: BaseException) -> bool:
+        """Whether ``error`` says the database cannot be reached just now (a dropped connection, a
+        server or pooler away), not that what was asked is wrong: the first kind is waited out."""
+        ...
+
+    def reconnect(self) -> bool:
+        """One quick try (a few seconds at most) to reach the database; True when it answers, with
+        the connections renewed so the next call does not wait out a reconnection backoff."""
         ...
 
     def selected_ids(self, selection: Selection) -> list[str]:

@@ -18,7 +18,8 @@ from sections.fingerprint import EMPTY_CONTENT, split_current
 from sections.pipeline.backend import Backend, JobStore, JobWorker, due_pages
 from sections.pipeline.batch_collect import BatchContext, BatchOptions, poll_once, wait
 from sections.pipeline.batch_submit import BatchRun, submit
-from sections.pipeline.ingest import NOT_EMBEDDED, IngestOptions, attach_result, read_due
+from sections.pipeline.ingest import IngestOptions, read_due
+from sections.pipeline.stream import NOT_EMBEDDED, attach_result
 from sections.pipeline.prune import Pruned, prune_unseen
 from sections.records import DEFAULT_COLLECTION, Embedder, EmbeddingOutcome, FailureRow
 

@@ -22,7 +22,7 @@ from sections.engine.errors import TransientError
 from sections.fingerprint import section_text
 from sections.pipeline.backend import JobStore, JobWorker
 from sections.pipeline.batch_submit import BatchRun, settle_unsubmitted, submit
-from sections.pipeline.ingest import NOT_EMBEDDED
+from sections.pipeline.stream import NOT_EMBEDDED
 from sections.records import Embedder, EmbeddingOutcome, EmbeddingSettings, FailureRow, VectorRow
 
 __all__ = ["BatchContext", "BatchOptions", "poll_once", "wait"]

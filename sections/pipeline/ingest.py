@@ -19,26 +19,27 @@ nothing for sections never answered, prunes nothing, and re-raises with the part
 """
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from sections.fingerprint import EMPTY_CONTENT, Due, fingerprint, split_current
 from sections.pipeline.backend import Backend, Leases
 from sections.pipeline.prune import Pruned, prune_unseen
+from sections.pipeline.outage import Patience
+from sections.pipeline.spool import Spool
+from sections.pipeline.stream import Keeping, embed_into, patience_for
 from sections.pipeline.tally import ProgressCallback, Tally
+from sections.pipeline.waiting import wait_for_others
 from sections.pipeline.writer import Writer
-from sections.records import (DEFAULT_COLLECTION, Embedder, EmbeddingOutcome, EmbeddingSettings, FailureRow, IngestSummary,
-                          Rejected, Section, Selection, VectorRow, coerce_section, collection_problem)
+from sections.records import (DEFAULT_COLLECTION, Embedder, EmbeddingSettings, FailureRow, IngestSummary, Rejected, Section,
+                          Selection, coerce_section, collection_problem)
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "attach_result", "chunked", "dedupe", "ingest",
-           "read_due", "valid_sections"]
+T = TypeVar("T")
+__all__ = ["DEFAULT_CHUNK", "DEFAULT_WRITE_BATCH", "IngestOptions", "Run", "chunked", "dedupe", "ingest", "read_due",
+           "valid_sections", "write_spool"]
 
-_log = logging.getLogger(__name__)
-NOT_EMBEDDED = "embedding failed"
 
 
 DEFAULT_CHUNK = 1000  # sections read, upserted and fingerprint-checked per round trip
@@ -54,6 +55,8 @@ class IngestOptions:
     collection: str = DEFAULT_COLLECTION
     prune: Selection | None = None  # the files and folders read: delete what they no longer hold
     dry_run_prune: bool = False  # with prune: list what would be deleted, delete nothing
+    wait_for_others: bool = True  # wait for the due sections another run holds (False: leave them, counted busy)
+    keeping: Keeping = Keeping()  # waiting out a database that blinks; the spool when it does not come back
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.write_batch < 1:
@@ -72,6 +75,7 @@ class Run:
     dimensions: set[int] = field(default_factory=set)
     pruned: Pruned | None = None
     transient: int = 0  # failures left unrecorded: the provider's state, not the sections' (sync, watch)
+    from_spool: int = 0  # answers an earlier run spooled, written before this run sent anything
 
 
 def dedupe(sections: Iterable[Section]) -> list[Section]:
@@ -95,13 +99,6 @@ def valid_sections(objects: Iterable[Any], rejected: list[Rejected]) -> list[Sec
     return sections
 
 
-def attach_result(error: BaseException, result: IngestSummary) -> None:
-    try:
-        error.result = result  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - exceptions with __slots__
-        pass
-
-
 def chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """Lists of ``size`` items (the last may be shorter), read lazily."""
     iterator = iter(iterable)
@@ -109,13 +106,20 @@ def chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _at_once(action: Callable[[], T]) -> T:
+    return action()
+
+
 def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings: EmbeddingSettings,
              options: IngestOptions, tally: Tally, put: Callable[[FailureRow], None], seen: set[str],
-             stopped: Callable[[], bool] = lambda: False) -> Iterator[Due]:
+             stopped: Callable[[], bool] = lambda: False, patience: Patience | None = None,
+             busy: dict[str, Due] | None = None) -> Iterator[Due]:
     """The sections to embed, as they are read: each chunk validated, stored in the collection and
     checked against the stored fingerprints; the due sections this run could lease are yielded,
     the rest counted. Blank sections go to ``put`` as failures; with a prune, the ids read are
-    added to ``seen``. ``stopped`` is asked after each chunk."""
+    added to ``seen``. ``stopped`` is asked after each chunk. With ``patience``, each call into
+    the backend waits out an outage. Due sections another run holds go to ``busy``, when given."""
+    call = patience.call if patience is not None else _at_once
     for chunk in chunked(sections, options.chunk_size):
         rejected: list[Rejected] = []
         rows = dedupe(valid_sections(chunk, rejected))
@@ -124,21 +128,23 @@ def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings
         if options.prune is not None:
             seen.update(row.id for row in rows)
             seen.update(bad.section_id for bad in rejected if bad.section_id is not None)
-        if rows and (foreign := backend.foreign_sections([row.id for row in rows], options.collection)):
+        if rows and (foreign := call(lambda: backend.foreign_sections([row.id for row in rows], options.collection))):
             for section_id, collection in foreign.items():
                 tally.fail(section_id, f"section id is already stored in collection {collection!r}; "
                                        "ids are unique across collections")
             rows = [row for row in rows if row.id not in foreign]
         if not rows:
             continue
-        backend.upsert_sections(rows, options.collection)
-        split = split_current(rows, settings, backend.stored_hashes(settings.model, [row.id for row in rows]))
+        call(lambda: backend.upsert_sections(rows, options.collection))
+        split = split_current(rows, settings, call(lambda: backend.stored_hashes(settings.model, [row.id for row in rows])))
         tally.answered(len(split.blank))  # before the writer can commit them
         for blank in split.blank:
             put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
         tally.skip(split.unchanged)
-        held = leases.take(settings, {due.section.id: due.digest for due in split.due})
+        held = call(lambda: leases.take(settings, {due.section.id: due.digest for due in split.due}))
         tally.busy_elsewhere(len(split.due) - len(held))
+        if busy is not None:
+            busy.update((due.section.id, due) for due in split.due if due.section.id not in held)
         yield from (due for due in split.due if due.section.id in held)
         tally.report()
         if stopped():
@@ -148,59 +154,39 @@ def read_due(backend: Backend, leases: Leases, sections: Iterable[Any], settings
 def ingest(backend: Backend, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
            on_progress: ProgressCallback | None = None) -> Run:
     with backend.worker("ingest") as leases:
-        run, seen = _ingest(backend, leases, sections, embedder, options, on_progress)
+        patience = patience_for(backend, embedder, options.keeping)
+        from_spool = write_spool(backend, embedder.settings, options.keeping.spool, patience)
+        run, seen = _ingest(backend, leases, sections, embedder, options, on_progress, patience)
+        run.from_spool = from_spool
     if options.prune is not None:
         run.pruned = prune_unseen(backend, options.prune, seen, dry_run=options.dry_run_prune)
     return run
 
 
+def write_spool(backend: Backend, settings: EmbeddingSettings, spool: Spool | None, patience: Patience) -> int:
+    """Write what an earlier run spooled (``sections.pipeline.spool``) before anything is sent:
+    those answers are paid for, and once stored their sections are no longer due."""
+    if spool is None:
+        return 0
+    return patience.call(lambda: spool.write_back(lambda vectors, failures: backend.write_batch(settings, vectors, failures)))
+
+
 def _ingest(backend: Backend, leases: Leases, sections: Iterable[Any], embedder: Embedder, options: IngestOptions,
-            on_progress: ProgressCallback | None) -> tuple[Run, set[str]]:
+            on_progress: ProgressCallback | None, patience: Patience) -> tuple[Run, set[str]]:
     settings = embedder.settings
     tally = Tally.billed_by(embedder, on_progress)
     writer = Writer(backend, settings, tally, batch_size=options.write_batch,
-                    queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval)
-    pending: dict[Hashable, Due] = {}
-    pending_lock = threading.Lock()
+                    queue_size=options.queue_size or 2 * options.write_batch, flush_interval=options.flush_interval,
+                    patience=patience, spool=options.keeping.spool)
     seen: set[str] = set()  # ids read, kept only when a prune needs them
-
-    def feed() -> Iterator[tuple[int, str]]:
-        for seq, due in enumerate(read_due(backend, leases, sections, settings, options, tally, writer.put, seen,
-                                           lambda: writer.error is not None), 1):
-            with pending_lock:
-                pending[seq] = due
-            yield seq, due.text
-
-    stopped: BaseException | None = None
-    writer.start()
-    stream: Iterator[EmbeddingOutcome] | None = None
-    try:
-        stream = iter(embedder.stream_embeddings(feed()))
-        for outcome in stream:
-            with pending_lock:
-                due = pending.pop(outcome.key)
-            tally.answered()  # before the writer can commit it
-            if outcome.ok:
-                writer.put(VectorRow(due.section.id, outcome.vector, int(outcome.tokens or 0), due.digest))
-            else:
-                writer.put(FailureRow(due.section.id, outcome.error or NOT_EMBEDDED, due.digest))
-            if writer.error is not None:
-                break
-    except BaseException as error:
-        stopped = error
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # pragma: no cover - best effort
-                _log.debug("closing the embedding stream failed", exc_info=True)
-        writer.close()  # flushes what arrived
-    result = tally.result()
-    failure = writer.error or stopped
-    if writer.error is not None and stopped is not None and not isinstance(stopped, Exception):
-        failure = stopped  # KeyboardInterrupt & co. win over a database error
-    if failure is not None:
-        attach_result(failure, result)
-        raise failure
-    return Run(result, set(tally.dimensions)), seen
+    busy: dict[str, Due] = {}  # due sections another run holds
+    dues = read_due(backend, leases, sections, settings, options, tally, writer.put, seen,
+                    lambda: writer.error is not None, patience, busy if options.wait_for_others else None)
+    embed_into(embedder, dues, writer, tally)
+    if busy:
+        wait_for_others(backend, leases, embedder, busy, tally, patience,
+                        lambda: Writer(backend, settings, tally, batch_size=options.write_batch,
+                                       queue_size=options.queue_size or 2 * options.write_batch,
+                                       flush_interval=options.flush_interval, patience=patience,
+                                       spool=options.keeping.spool))
+    return Run(tally.result(), set(tally.dimensions)), seen

@@ -1,22 +1,29 @@
 """Sync: embed every stored section whose vector for the embedder's model is missing or stale.
 
-Many processes can run it at once: each claim (one transaction) locks up to ``claim_batch`` due
-sections that no other worker holds, embeds them, writes the vectors and failures, and commits.
-Each process walks the ids in order once, so a section that fails is tried once per run. On an
-exception from the embedder, what arrived is committed and the exception re-raised with the
-partial summary as ``error.result``.
+Many processes can run it at once: the run registers a worker (``Backend.worker``) and claims due
+sections a page at a time as the embedder asks for them (``Leases.claim``: a short transaction
+that leases up to ``claim_batch`` sections no other run holds and commits at once). Outcomes are
+written as they arrive, in small transactions (the writer thread, as ingest does); each write drops
+its sections' leases, and the end of the run drops the rest. No transaction is open while anything
+is embedded, so a dropped connection or a pooler's timeout loses no answer that was paid for.
+
+Each run walks the ids in order once, so a section that fails is tried once per run. On an
+exception from the embedder, what arrived is written and the exception re-raised with the partial
+summary as ``error.result``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, NoReturn
 
 from sections.fingerprint import EMPTY_CONTENT, Due, fingerprint, split_current
-from sections.pipeline.backend import Backend
-from sections.pipeline.ingest import NOT_EMBEDDED, Run, attach_result
+from sections.pipeline.backend import Backend, Leases
+from sections.pipeline.ingest import DEFAULT_WRITE_BATCH, Run, write_spool
+from sections.pipeline.outage import Patience
+from sections.pipeline.stream import Keeping, embed_into, patience_for
 from sections.pipeline.tally import ProgressCallback, Tally
-from sections.records import DEFAULT_COLLECTION, Embedder, FailureRow, RetrySchedule, Section, VectorRow
+from sections.pipeline.writer import Writer
+from sections.records import DEFAULT_COLLECTION, Embedder, FailureRow, RetrySchedule
 
 __all__ = ["SyncOptions", "sync"]
 
@@ -33,6 +40,18 @@ class SyncOptions:
     retry: RetrySchedule | None = None
     record_transient: bool = True
     should_stop: Callable[[], bool] | None = None
+    write_batch: int = DEFAULT_WRITE_BATCH
+    flush_interval: float = 0.25  # the longest an outcome waits before it is written
+    keeping: Keeping = Keeping()  # waiting out a database that blinks; the spool when it does not come back
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """What a run claims: at most ``limit`` sections of ``collection``, ``claim_batch`` a claim."""
+
+    claim_batch: int
+    limit: int | None
+    collection: str | None
 
 
 def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit: int | None = None,
@@ -42,73 +61,35 @@ def sync(backend: Backend, embedder: Embedder, *, claim_batch: int = 500, limit:
     claimed); ``collection`` None syncs every collection. ``Run.transient`` counts the failures left
     unrecorded (``options.record_transient`` False)."""
     settings = embedder.settings
+    patience = patience_for(backend, embedder, options.keeping)
+    with backend.worker("sync", settings.model, collection) as leases:
+        from_spool = write_spool(backend, settings, options.keeping.spool, patience)
+        tally = Tally.billed_by(embedder, on_progress)
+        writer = Writer(backend, settings, tally, batch_size=options.write_batch, queue_size=2 * options.write_batch,
+                        flush_interval=options.flush_interval, patience=patience, spool=options.keeping.spool)
+        dues = _claimed(leases, embedder, _Walk(claim_batch, limit, collection), options, tally, writer, patience)
+        transient = embed_into(embedder, dues, writer, tally, record_transient=options.record_transient)
+    return Run(tally.result(), set(tally.dimensions), transient=transient, from_spool=from_spool)
+
+
+def _claimed(leases: Leases, embedder: Embedder, walk: _Walk, options: SyncOptions, tally: Tally,
+             writer: Writer, patience: Patience) -> Iterator[Due]:
+    """The due sections, claimed a page at a time as they are asked for; blank ones go straight to
+    the writer as failures. Stops at the limit, when ``options.should_stop`` says, or when the
+    writer has failed."""
+    settings = embedder.settings
     stopping = options.should_stop or (lambda: False)
-    transient = 0
-    tally = Tally.billed_by(embedder, on_progress)
     after: str | None = None
     claimed_total = 0
-    while (limit is None or claimed_total < limit) and not stopping():
-        n = claim_batch if limit is None else min(claim_batch, limit - claimed_total)
-        stopped: BaseException | None = None
-        try:
-            with backend.claim_due(settings, after, n, collection, options.retry) as claim:
-                if claim is None:
-                    break
-                after = claim.last_id
-                claimed_total += claim.claimed
-                embedded = _embed(claim.sections, embedder, tally)
-                successes, stopped = embedded.successes, embedded.stopped
-                failures = embedded.failures + (embedded.transient if options.record_transient else [])
-                transient += 0 if options.record_transient else len(embedded.transient)
-                result = claim.write(successes, failures)
-        except BaseException as error:  # the claim's writes were undone: nothing of it is counted
-            interrupt = stopped if stopped is not None and not isinstance(stopped, Exception) else None
-            tally.discard_pending()
-            _stop(interrupt or error, tally)  # KeyboardInterrupt & co. win
-        # committed
-        tally.add_batch(successes, failures, result)
-        if stopped is not None:
-            _stop(stopped, tally)
-    return Run(tally.result(), set(tally.dimensions), transient=transient)
-
-
-class Embedded(NamedTuple):
-    """What a claim's embedding gave: vectors, failures (``transient`` ones were the provider's
-    state, not the input's), and the exception that stopped it, if any."""
-
-    successes: list[VectorRow]
-    failures: list[FailureRow]
-    transient: list[FailureRow]
-    stopped: BaseException | None
-
-
-def _embed(sections: list[Section], embedder: Embedder, tally: Tally) -> Embedded:
-    """Embed claimed sections; an exception from the embedder (``Interrupted`` when its service was
-    asked to stop: it yields what arrives in its grace first) stops after what arrived is kept.
-    Outcomes already delivered are never dropped: they are paid for."""
-    split = split_current(sections, embedder.settings, NOTHING_STORED)
-    done = Embedded([], [FailureRow(s.id, EMPTY_CONTENT, fingerprint(s, embedder.settings)) for s in split.blank], [], None)
-    tally.answered(len(done.failures))
-    due: dict[Hashable, Due] = dict(enumerate(split.due))
-    stream = iter(embedder.stream_embeddings((key, item.text) for key, item in due.items())) if due else iter(())
-    try:
-        for outcome in stream:
-            item = due[outcome.key]
-            if outcome.ok:
-                done.successes.append(VectorRow(item.section.id, outcome.vector, int(outcome.tokens or 0), item.digest))
-            else:
-                failed = FailureRow(item.section.id, outcome.error or NOT_EMBEDDED, item.digest)
-                (done.transient if outcome.transient else done.failures).append(failed)
-            tally.answered()
-    except BaseException as error:
-        return done._replace(stopped=error)
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # abandons what is still in flight
-    return done
-
-
-def _stop(error: BaseException, tally: Tally) -> NoReturn:
-    attach_result(error, tally.result())
-    raise error
+    while (walk.limit is None or claimed_total < walk.limit) and not stopping() and writer.error is None:
+        n = walk.claim_batch if walk.limit is None else min(walk.claim_batch, walk.limit - claimed_total)
+        claim = patience.call(lambda: leases.claim(settings, after, n, walk.collection, options.retry))
+        if claim is None:
+            return
+        after = claim.last_id
+        claimed_total += claim.claimed
+        split = split_current(claim.sections, settings, NOTHING_STORED)
+        tally.answered(len(split.blank))
+        for blank in split.blank:
+            writer.put(FailureRow(blank.id, EMPTY_CONTENT, fingerprint(blank, settings)))
+        yield from split.due

@@ -29,6 +29,7 @@ class Tally:
         self.skipped = 0
         self.busy = 0  # of the skipped: due, but another run holds them
         self.pending = 0  # answers (vectors or failures) received, not committed yet
+        self.waiting = 0  # sections another run holds that this run is waiting for
         self.errors: dict[str, str] = {}
         self.dimensions: set[int] = set()  # dimensions of the vectors written
         self._reported = 0.0  # time.monotonic() of the last report
@@ -55,6 +56,26 @@ class Tally:
                 self.skipped += count
                 self.busy += count
 
+    def waiting_for(self, count: int) -> None:
+        """How many sections another run holds that this run waits for (shown by the display)."""
+        with self.lock:
+            changed, self.waiting = self.waiting != count, count
+        if changed:
+            self.report()
+
+    def done_elsewhere(self, count: int) -> None:
+        """Sections another run held got stored there: done (they stay counted as skipped)."""
+        if count:
+            with self.lock:
+                self.busy -= count
+
+    def taken_over(self, count: int) -> None:
+        """Sections whose holder died: this run embeds them (no longer skipped)."""
+        if count:
+            with self.lock:
+                self.busy -= count
+                self.skipped -= count
+
     def answered(self, count: int = 1) -> None:
         """``count`` rows are on their way to a commit (each will reach ``add_batch``; call this
         first): the display counts them now, so it moves as requests complete, not only when a
@@ -66,11 +87,6 @@ class Tally:
             due = time.monotonic() - self._reported >= REPORT_INTERVAL_S
         if due:
             self.report()
-
-    def discard_pending(self) -> None:
-        """The answers held were not committed (a claim rolled back): the display stops counting them."""
-        with self.lock:
-            self.pending = 0
 
     def add_batch(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow], result: WriteResult) -> None:
         """Count a committed batch: what was written, what failed and why."""
@@ -104,8 +120,11 @@ class Tally:
     def counts(self) -> ProgressCounts:
         tokens = self.billed()
         with self.lock:
-            return ProgressCounts(success=self.success, failed=self.failed, skipped=self.skipped,
-                                  pending=self.pending, tokens=tokens)
+            counts = ProgressCounts(success=self.success, failed=self.failed, skipped=self.skipped,
+                                    pending=self.pending, tokens=tokens)
+            if self.waiting:
+                counts["waiting"] = self.waiting
+            return counts
 
     def report(self) -> None:
         """Tell the caller's progress display where the run stands (from any thread)."""

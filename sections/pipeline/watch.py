@@ -1,6 +1,6 @@
 """Watch: keep a model's vectors in step with a changing table, for as long as the process runs.
 
-A watcher is a loop of sync passes (``sections.pipeline.sync``: claims with SKIP LOCKED, so any number
+A watcher is a loop of sync passes (``sections.pipeline.sync``: leases claimed with SKIP LOCKED, so any number
 of watchers and syncs on any number of machines share the work and never embed a section twice).
 Between passes it waits on a ``ChangeFeed``: Postgres NOTIFY from the table's trigger wakes it
 within milliseconds of a commit; the wait also times out every ``poll_interval`` seconds, so a
@@ -10,8 +10,11 @@ interval.
 Failures: a section the provider refused rests as ``RetrySchedule`` says (a growing delay, then not
 at all until its content changes); a failure caused by the provider's state (an outage, 5xx after
 every retry) is not held against the section: the pass leaves it due and the watcher backs off.
-A database error ends the pass (what was committed stays), and the watcher backs off and goes on.
-Only a fatal provider error (bad key, quota) or ``stop`` ends the loop.
+A database that goes away under a pass is waited out inside it (``sections.pipeline.outage``);
+one that is away when a pass starts makes the watcher probe it every ``OUTAGE_PROBE_S`` and start
+the next pass as soon as it answers (``keeping.on_outage`` hears once when the outage starts and
+once when it ends). Any other database error ends the pass (what was written stays), and the
+watcher backs off and goes on. Only a fatal provider error (bad key, quota) or ``stop`` ends the loop.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from dataclasses import dataclass, field
 
 from sections.engine.errors import ProviderFatalError
 from sections.pipeline.backend import Backend, ChangeFeed
+from sections.pipeline.outage import DatabaseAway
+from sections.pipeline.stream import Keeping
 from sections.pipeline.sync import SyncOptions, sync
 from sections.records import Embedder, IngestSummary, RetrySchedule
 
@@ -29,6 +34,7 @@ __all__ = ["Pass", "WatchOptions", "WatchTotals", "watch"]
 
 _log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
+OUTAGE_PROBE_S = 1.0  # between probes of a database that is away between passes
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,7 @@ class WatchOptions:
     claim_batch: int = 500
     retry: RetrySchedule = field(default_factory=RetrySchedule)
     once: bool = False
+    keeping: Keeping = field(default_factory=Keeping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class Pass:
     summary: IngestSummary | None
     transient: int = 0
     error: str | None = None
+    outage: bool = False  # the error was the database being out of reach
 
 
 @dataclass(slots=True)
@@ -71,10 +79,19 @@ def watch(backend: Backend, embedder: Embedder, options: WatchOptions, feed: Cha
     """Run passes until ``stop`` is set (or once, with ``options.once``); returns the totals."""
     totals = WatchTotals()
     backoff = 0.0
-    sync_options = SyncOptions(retry=options.retry, record_transient=False, should_stop=stop.is_set)
+    sync_options = SyncOptions(retry=options.retry, record_transient=False, should_stop=stop.is_set,
+                               keeping=options.keeping)
+    away = False
     with backend.worker("watch", embedder.settings.model, options.collection) as worker:
         while not stop.is_set():
             done = _pass(backend, embedder, options, sync_options)
+            if done.outage and not options.once:
+                away = away or _said(options.keeping, True)
+                while not stop.is_set() and not backend.reconnect():
+                    stop.wait(OUTAGE_PROBE_S)
+                continue
+            if away:
+                away = _said(options.keeping, False)
             totals.add(done)
             worker.report(totals.embedded)
             if on_pass is not None:
@@ -91,6 +108,12 @@ def watch(backend: Backend, embedder: Embedder, options: WatchOptions, feed: Cha
     return totals
 
 
+def _said(keeping: Keeping, away: bool) -> bool:
+    if keeping.on_outage is not None:
+        keeping.on_outage(away)
+    return away
+
+
 def _pass(backend: Backend, embedder: Embedder, options: WatchOptions, sync_options: SyncOptions) -> Pass:
     try:
         run = sync(backend, embedder, claim_batch=options.claim_batch, collection=options.collection,
@@ -98,7 +121,8 @@ def _pass(backend: Backend, embedder: Embedder, options: WatchOptions, sync_opti
     except ProviderFatalError:
         raise
     except Exception as error:
-        _log.warning("watch pass cut short: %s", error)
+        _log.info("watch pass cut short: %s", error)
         partial: IngestSummary | None = getattr(error, "result", None)
-        return Pass(partial, 0, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        return Pass(partial, 0, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+                    outage=isinstance(error, DatabaseAway) or backend.outage(error))
     return Pass(run.summary, run.transient)

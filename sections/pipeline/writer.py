@@ -5,6 +5,11 @@ provider busy. The queue between the two is bounded, so a slow database slows th
 instead of filling memory. A batch is written when it is full, or when its oldest outcome has
 waited ``flush_interval``: a steady trickle of replies must not sit unwritten, since a crash would
 lose work that was paid for.
+
+A write that fails because the database is away is retried through the run's ``Patience`` (the
+run holds its sending meanwhile), so a blink of the database or its pooler costs nothing. If it
+stays away for the whole window, the batch and every later answer go to the run's ``Spool``
+instead, for the next run to write.
 """
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import threading
 import time
 
 from sections.pipeline.backend import Backend
+from sections.pipeline.outage import DatabaseAway, Patience
+from sections.pipeline.spool import Spool
 from sections.pipeline.tally import Tally
-from sections.records import EmbeddingSettings, FailureRow, VectorRow
+from sections.records import EmbeddingSettings, FailureRow, VectorRow, WriteResult
 
 __all__ = ["Writer"]
 
@@ -29,9 +36,11 @@ Item = VectorRow | FailureRow | _Stop
 
 class Writer(threading.Thread):
     def __init__(self, backend: Backend, settings: EmbeddingSettings, tally: Tally, *,
-                 batch_size: int, queue_size: int, flush_interval: float):
+                 batch_size: int, queue_size: int, flush_interval: float,
+                 patience: Patience | None = None, spool: Spool | None = None):
         super().__init__(name="sections-writer", daemon=True)
         self.backend, self.settings, self.tally = backend, settings, tally
+        self.patience, self.spool = patience, spool
         self.batch_size, self.flush_interval = batch_size, flush_interval
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None  # set when a write failed: the producer stops the run
@@ -56,7 +65,7 @@ class Writer(threading.Thread):
                 item = self.queue.get(timeout=wait)
             except queue.Empty:
                 item = None
-            if item is not None and not isinstance(item, _Stop) and self.error is None:
+            if item is not None and not isinstance(item, _Stop):
                 if oldest is None:
                     oldest = time.monotonic()
                 if isinstance(item, VectorRow):
@@ -72,13 +81,26 @@ class Writer(threading.Thread):
             if stop:
                 break
 
+    @property
+    def spooling(self) -> bool:
+        """The database stayed away: what arrives goes to the spool (the producer still drains the
+        replies in flight: they are paid for)."""
+        return self.spool is not None and isinstance(self.error, DatabaseAway)
+
     def _flush(self, successes: list[VectorRow], failures: list[FailureRow]) -> None:
-        if self.error is not None:
-            return
-        try:
-            result = self.backend.write_batch(self.settings, successes, failures)
-        except BaseException as error:  # surfaces in the producer, which stops the run
-            self.error = error
-            return
-        self.batches += 1
-        self.tally.add_batch(successes, failures, result)
+        if self.error is None:
+            try:
+                result = self._write(successes, failures)
+            except BaseException as error:  # surfaces in the producer, which stops the run
+                self.error = error
+            else:
+                self.batches += 1
+                self.tally.add_batch(successes, failures, result)
+                return
+        if self.spool is not None and self.spooling:
+            self.spool.add([*successes, *failures])
+
+    def _write(self, successes: list[VectorRow], failures: list[FailureRow]) -> WriteResult:
+        if self.patience is None:
+            return self.backend.write_batch(self.settings, successes, failures)
+        return self.patience.call(lambda: self.backend.write_batch(self.settings, successes, failures))

@@ -7,33 +7,21 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 
 from sections.batch.records import BatchState, JobItem, JobRecord, JobWrite, NewJob
 from sections.postgres import batch_jobs, claims, leases, sections, vectors
-from sections.postgres.database import Database
+from sections.postgres.database import Database, unreachable
 from sections.records import (DEFAULT_COLLECTION, Deleted, EmbeddingSettings, FailureRow, RetrySchedule, Section, Selection,
                           VectorRow, WriteResult)
 
-__all__ = ["PostgresBackend", "PostgresClaim", "PostgresJobWorker", "PostgresJobs", "PostgresLeases"]
+__all__ = ["PostgresBackend", "PostgresJobWorker", "PostgresJobs", "PostgresLeases"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class PostgresClaim:
-    """Rows locked by the open transaction on ``conn``; results are written on that connection."""
-
-    conn: psycopg.Connection[Any]
-    settings: EmbeddingSettings
-    sections: list[Section]
-    claimed: int
-    last_id: str
-
-    def write(self, successes: Sequence[VectorRow], failures: Sequence[FailureRow]) -> WriteResult:
-        return vectors.write_batch(self.conn, self.settings, successes, failures)
+# What a run's hot path waits for a pooled connection: a database that went away must show within
+# seconds (the run then holds its sending and waits it out, sections.pipeline.outage), not after
+# the pool's 30 s, while requests whose answers cannot be kept go on being sent.
+RUN_CONNECTION_WAIT_S = 0.5
 
 
 @dataclass(slots=True)
@@ -44,15 +32,31 @@ class PostgresLeases:
     embedded: int = 0
 
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
-        with self.database.connection() as conn:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             return leases.take(conn, self.worker, settings.model, wanted)
+
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
+            leases.reap(conn)
+            return leases.take(conn, self.worker, settings.model, wanted)
+
+    def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
+              collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> claims.Claimed | None:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
+            if after is None:  # a new pass: leases of runs that died are not worth waiting for
+                leases.reap(conn)
+            return claims.claim_due(conn, self.worker, settings, after, limit, collection, retry)
 
     def report(self, embedded: int) -> None:
         """Counted at once (not at the next heartbeat), so ``status`` is current after every pass."""
         if embedded != self.embedded:
             self.embedded = embedded
-            with self.database.connection() as conn:
-                leases.beat(conn, self.worker, None, embedded)
+            try:
+                with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
+                    leases.beat(conn, self.worker, None, embedded)
+            except Exception as error:  # a count for ``status``: the next beat carries it
+                if not unreachable(error):
+                    raise
 
 
 class PostgresBackend:
@@ -60,44 +64,30 @@ class PostgresBackend:
         self.database = database
 
     def upsert_sections(self, rows: Sequence[Section], collection: str = DEFAULT_COLLECTION) -> int:
-        with self.database.connection() as conn, conn.transaction():
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn, conn.transaction():
             return sections.upsert_sections(conn, rows, collection)
 
     def foreign_sections(self, section_ids: Sequence[str], collection: str) -> dict[str, str]:
-        with self.database.connection() as conn:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             return sections.foreign_sections(conn, section_ids, collection)
 
     def stored_hashes(self, model: str, section_ids: Sequence[str]) -> dict[str, bytes]:
-        with self.database.connection() as conn:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             return sections.stored_hashes(conn, model, section_ids)
 
     def write_batch(self, settings: EmbeddingSettings, successes: Sequence[VectorRow],
                     failures: Sequence[FailureRow]) -> WriteResult:
-        with self.database.connection() as conn, conn.transaction():
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn, conn.transaction():
             result = vectors.write_batch(conn, settings, successes, failures)
             leases.release(conn, settings.model, [row[0] for row in successes] + [row[0] for row in failures])
             return result
-
-    @contextmanager
-    def claim_due(self, settings: EmbeddingSettings, after: str | None, limit: int,
-                  collection: str | None = DEFAULT_COLLECTION,
-                  retry: RetrySchedule | None = None) -> Iterator[PostgresClaim | None]:
-        if after is None:  # a new pass: leases of runs that died are not worth waiting for
-            with self.database.connection() as conn:
-                leases.reap(conn)
-        with self.database.connection() as conn, conn.transaction():
-            claimed = claims.claim_due(conn, settings, after, limit, collection, retry)
-            if claimed is None:
-                yield None
-            else:
-                yield PostgresClaim(conn, settings, claimed.sections, claimed.claimed, claimed.last_id)
 
     @contextmanager
     def worker(self, command: str, model: str | None = None, collection: str | None = None) -> Iterator[PostgresLeases]:
         """Register a worker (reaping dead ones first), beat on a thread while the run lasts, and
         end it (its leases with it) however the run ends."""
         role = leases.Role(command, model, collection)
-        with self.database.connection() as conn:
+        with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
             leases.reap(conn)
             worker = leases.register_worker(conn, role)
         held = PostgresLeases(self.database, worker)
@@ -106,7 +96,7 @@ class PostgresBackend:
         def beat() -> None:
             while not stop.wait(leases.BEAT_INTERVAL):
                 try:
-                    with self.database.connection() as conn:
+                    with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
                         leases.beat(conn, worker, role, held.embedded)
                 except Exception:  # a missed beat costs nothing until WORKER_TTL; the run reports its own errors
                     _log.debug("heartbeat failed", exc_info=True)
@@ -119,10 +109,16 @@ class PostgresBackend:
             stop.set()
             beating.join()
             try:
-                with self.database.connection() as conn:
+                with self.database.connection(RUN_CONNECTION_WAIT_S) as conn:
                     leases.end_worker(conn, worker)
             except Exception:  # the database is gone: the worker is reaped when its beat ages
                 _log.debug("ending worker %s failed", worker, exc_info=True)
+
+    def outage(self, error: BaseException) -> bool:
+        return unreachable(error)
+
+    def reconnect(self) -> bool:
+        return self.database.renew()
 
     def selected_ids(self, selection: Selection) -> list[str]:
         with self.database.connection() as conn:
@@ -139,6 +135,13 @@ class PostgresJobWorker:
 
     def take(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
         return self.leases.take(settings, wanted)
+
+    def take_over(self, settings: EmbeddingSettings, wanted: Mapping[str, bytes]) -> set[str]:
+        return self.leases.take_over(settings, wanted)
+
+    def claim(self, settings: EmbeddingSettings, after: str | None, limit: int,
+              collection: str | None = DEFAULT_COLLECTION, retry: RetrySchedule | None = None) -> claims.Claimed | None:
+        return self.leases.claim(settings, after, limit, collection, retry)
 
     def report(self, embedded: int) -> None:
         self.leases.report(embedded)

@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from sections.postgres.database import Database
+from sections.postgres.database import Database, unreachable
 from sections.rate_budget import Kind, Rate, Rates, Reading, Reservation
 
 __all__ = ["PostgresBudget", "budget_key"]
+
+UNREACHABLE_WAIT_S = 0.5  # the longest a request waits for a connection to reserve its place
 
 # Per budget: its columns in the row and the prefix of its statement parameters.
 _COLUMNS = {Kind.TOKENS: ("token", "tokens", "t"), Kind.REQUESTS: ("request", "requests", "r")}
@@ -135,9 +137,17 @@ class PostgresBudget:
     database: Database
     key: str
 
-    def reserve(self, tokens: int, rates: Rates) -> Reservation:
-        with self.database.connection() as conn:
-            row = conn.execute(_RESERVE, {"key": self.key, **_rates(rates, tokens)}).fetchone()
+    def reserve(self, tokens: int, rates: Rates) -> Reservation | None:
+        """The request's place in the schedule; None when the database cannot be reached (the
+        request then goes unscheduled: a missed reservation costs pacing, never the run, whose own
+        writes wait the outage out)."""
+        try:
+            with self.database.connection(UNREACHABLE_WAIT_S) as conn:
+                row = conn.execute(_RESERVE, {"key": self.key, **_rates(rates, tokens)}).fetchone()
+        except Exception as error:
+            if not unreachable(error):
+                raise
+            return None
         assert row is not None  # an upsert with returning always returns its row
         return Reservation(float(row[0]), float(row[1]), float(row[2]))
 
@@ -168,5 +178,9 @@ class PostgresBudget:
             return
 
     def pause(self, seconds: float, tokens: int, rates: Rates) -> None:
-        with self.database.connection() as conn:
-            conn.execute(_PAUSE, {"key": self.key, "seconds": float(seconds), **_rates(rates, tokens)})
+        try:
+            with self.database.connection(UNREACHABLE_WAIT_S) as conn:
+                conn.execute(_PAUSE, {"key": self.key, "seconds": float(seconds), **_rates(rates, tokens)})
+        except Exception as error:
+            if not unreachable(error):
+                raise

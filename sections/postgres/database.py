@@ -21,7 +21,7 @@ from sections.postgres.embedded import DatabaseHandle, open_database
 from sections.postgres.schema import apply_migrations
 from sections.redact import mask_url
 
-__all__ = ["Connect", "Database"]
+__all__ = ["Connect", "Database", "raised_in_psycopg", "unreachable"]
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]  # a pooled connection, as a context manager
 
@@ -30,6 +30,26 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
+
+
+def raised_in_psycopg(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside psycopg or its pool: a server connection that a pooler
+    drops in the middle of a COPY surfaces as a ``ValueError`` from psycopg's COPY code."""
+    traceback = error.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    module = str(traceback.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in ("psycopg", "psycopg_pool", "psycopg_binary", "psycopg_c")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says the database could not be reached or dropped the connection (worth
+    waiting out), not that a statement was wrong. A pool that timed out waiting counts too."""
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
+    return not isinstance(error, psycopg.Error) and isinstance(error, Exception) and raised_in_psycopg(error)
 
 
 class Database:
@@ -49,23 +69,38 @@ class Database:
         self._handle: DatabaseHandle | None = open_database(database_url, data_dir)
         self.url_masked = mask_url(self._handle.url)
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._sizes, self._prepare_threshold = (min_size, max_size), prepare_threshold
         try:
             if migrate:
                 self._migrate(self._handle.url, connect_timeout, prepare_threshold)
-            self._pool = ConnectionPool(
-                self._handle.url,
-                min_size=min_size,
-                max_size=max_size,
-                kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
-                configure=_configure,
-                check=ConnectionPool.check_connection,
-                name="sections",
-                open=False,
-            )
+            self._pool = self._new_pool(self._handle.url)
             self._pool.open(wait=True, timeout=connect_timeout)
         except BaseException:
             self.close()
             raise
+
+    def _new_pool(self, url: str) -> ConnectionPool[psycopg.Connection[Any]]:
+        return ConnectionPool(url, min_size=self._sizes[0], max_size=self._sizes[1],
+                              kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
+                              configure=_configure, check=ConnectionPool.check_connection, name="sections", open=False)
+
+    def renew(self, timeout: float = 2.0) -> bool:
+        """After an outage: one direct try to reach the database; when it answers, a fresh pool
+        takes over (the old one's reconnection backoff grows to tens of seconds, which a run
+        waiting to write must not sit out). False while the database is still away."""
+        handle = self._handle
+        if handle is None or self._pool is None:
+            return False
+        try:
+            psycopg.connect(handle.url, autocommit=True, connect_timeout=max(2, int(timeout))).close()
+        except psycopg.Error:
+            return False
+        fresh = self._new_pool(handle.url)
+        fresh.open(wait=False)
+        old, self._pool = self._pool, fresh
+        if old is not None:
+            old.close(timeout=0)  # connections in use are closed as they come back
+        return True
 
     def _migrate(self, url: str, connect_timeout: float, prepare_threshold: int | None) -> None:
         try:
@@ -83,11 +118,12 @@ class Database:
             raise RuntimeError("the database is closed")
         return psycopg.connect(url or self._handle.url, autocommit=True, connect_timeout=int(connect_timeout))
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        """A pooled connection (autocommit; use ``conn.transaction()``), as a context manager."""
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit; use ``conn.transaction()``), as a context manager;
+        ``timeout``: the most seconds to wait for one (the pool's 30 s when None)."""
         if self._pool is None:
             raise RuntimeError("the database is closed")
-        return self._pool.connection()
+        return self._pool.connection(timeout=timeout)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

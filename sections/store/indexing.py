@@ -11,7 +11,7 @@ import logging
 import psycopg
 
 from sections.store.lifecycle import check_model
-from sections.pipeline.ingest import attach_result
+from sections.pipeline.stream import attach_result
 from sections.postgres import index as pg_index
 from sections.postgres import index_build
 from sections.postgres.database import Connect

@@ -30,7 +30,8 @@ import psycopg
 
 from sections.engine.tokens import LongInputPolicy
 from sections.pipeline.ingest import DEFAULT_CHUNK, DEFAULT_WRITE_BATCH, IngestOptions, ingest
-from sections.pipeline.sync import sync
+from sections.pipeline.stream import Keeping
+from sections.pipeline.sync import SyncOptions, sync
 from sections.pipeline.tally import ProgressCallback
 from sections.postgres import index_build
 from sections.postgres import sections as pg_sections
@@ -155,7 +156,8 @@ class SupabaseStore:
                write_batch: int = DEFAULT_WRITE_BATCH, queue_size: int | None = None, flush_interval: float = 0.25,
                build_index: bool | None = None, on_progress: ProgressCallback | None = None,
                collection: str = DEFAULT_COLLECTION, prune: Selection | None = None,
-               on_index_progress: index_build.ProgressCallback | None = None) -> IngestSummary:
+               on_index_progress: index_build.ProgressCallback | None = None,
+               keeping: Keeping | None = None, wait_for_others: bool = True) -> IngestSummary:
         """Store ``sections`` in ``collection`` and embed the ones whose vector is missing or out of date.
 
         Streams (``sections.pipeline.ingest`` says how and why). Returns ``success_count``,
@@ -175,11 +177,20 @@ class SupabaseStore:
         exists): its one-line reason is ``index_error`` in the summary. ``on_progress`` gets
         ``ProgressCounts`` (success, failed, skipped, pending, tokens billed), from the writer
         thread too; ``on_index_progress`` gets ``IndexProgress`` while an index builds.
+
+        ``keeping``: how long the run waits out a database that is away (sending held meanwhile;
+        default two minutes) and where it spools what was answered if it does not come back
+        (``sections.pipeline.stream.Keeping``); ``from_spool`` in the summary counts the answers
+        an earlier run spooled, written first. Sections another run is embedding are waited for
+        (and taken over if that run dies); ``wait_for_others`` False leaves them, in ``busy_count``.
         """
         settings = embedding_service.settings
         check_model(settings.model)
-        options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune)
+        options = IngestOptions(chunk_size, write_batch, queue_size, flush_interval, collection, prune,
+                                wait_for_others=wait_for_others, keeping=keeping or Keeping())
         run = ingest(self.backend, sections, embedding_service, options, on_progress)
+        if run.from_spool:
+            run.summary["from_spool"] = run.from_spool
         if build_index is not False:
             self.indexes.after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
@@ -203,14 +214,19 @@ class SupabaseStore:
         return self.ingest([section], embedding_service, build_index=False)
 
     def sync(self, embedding_service: Embedder, *, claim_batch: int = 500, limit: int | None = None,
-             on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION) -> IngestSummary:
+             on_progress: ProgressCallback | None = None, collection: str | None = DEFAULT_COLLECTION,
+             keeping: Keeping | None = None) -> IngestSummary:
         """Embed every section of ``collection`` (None: all) whose vector for the service's model is
         missing or stale; safe in many processes at once (``sections.pipeline.sync``). ``limit`` caps
         the sections claimed. Returns the ``ingest`` summary; a stop re-raises with ``error.result``.
+        ``keeping`` as for ``ingest``.
         """
         check_model(embedding_service.settings.model)
-        return sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit,
-                    on_progress=on_progress, collection=collection).summary
+        run = sync(self.backend, embedding_service, claim_batch=claim_batch, limit=limit, on_progress=on_progress,
+                   collection=collection, options=SyncOptions(keeping=keeping or Keeping()))
+        if run.from_spool:
+            run.summary["from_spool"] = run.from_spool
+        return run.summary
 
     # -- status -------------------------------------------------------------------------------------
 
