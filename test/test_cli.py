@@ -53,7 +53,7 @@ def test_ingest_then_rerun_then_search_as_a_subprocess(sim, database_url, corpus
                             "-k", "3", "--json", *common(sim, database_url)[:6], "--dimensions", "32"],
                            capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)[0]["id"] == target["id"]
+    assert json.loads(found.stdout)["hits"][0]["id"] == target["id"]
 
 
 def test_every_source_format(sim, database_url, db, tmp_path):
@@ -234,9 +234,9 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
     # the simulator's vectors carry no meaning: ask for more hits than rows, so grouping sees them all
     query = ["search", "subject number 7 and subject number 8", "-k", "10", "--json", *common(sim, database_url)]
     grouped = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query], capture_output=True,
-                                        text=True, timeout=120).stdout)
+                                        text=True, timeout=120).stdout)["hits"]
     everything = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query, "--no-group"],
-                                           capture_output=True, text=True, timeout=120).stdout)
+                                           capture_output=True, text=True, timeout=120).stdout)["hits"]
     keys = [hit["parent"]["id"] if hit["parent"] else hit["id"] for hit in grouped]
     assert len(keys) == len(set(keys)) == 2  # one hit per section: the long one and the intro
     assert len(everything) == 10 and sum(hit["parent"] is not None for hit in everything) >= 9

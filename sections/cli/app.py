@@ -64,6 +64,16 @@ def read_sources(paths: List[str], skip_invalid: bool):
         fail(f"invalid input: {error.problem_count} problem(s); nothing was written (--skip-invalid ingests the valid ones)")
 
 
+def check_chunking(chunk_tokens: Optional[int], chunk_overlap: Optional[int]) -> None:
+    """Chunking options refused before any file is read, database opened or model loaded."""
+    from sections.reading.chunking import ChunkPolicy
+
+    try:
+        ChunkPolicy.check_options(chunk_tokens, chunk_overlap)
+    except ValueError as error:
+        fail(str(error))
+
+
 def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: Optional[int],
                    reading: Reading) -> Iterator[Any]:
     """The sections to store: documents cut to the model's window (or ``--chunk-tokens``; then
@@ -139,6 +149,7 @@ def ingest(
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
     batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
+    check_chunking(chunk_tokens, chunk_overlap)
     if prune and "-" in paths:
         fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -153,3 +153,22 @@ def stored_hashes(conn: psycopg.Connection[Any], model_name: str, section_ids: S
         (model_name, list(section_ids)),
     ).fetchall()
     return {section_id: bytes(digest) for section_id, digest in rows if digest is not None}
+
+
+class NamedSource(NamedTuple):
+    """A stored file a path names as ingest was given it: ``path`` (absolute, the ``source`` column)
+    and ``relative`` (the part under the folder named at ingest, metadata ``source``)."""
+    path: str
+    relative: str
+
+
+def sources_named(conn: psycopg.Connection[Any], collection: str, relative: str) -> list[NamedSource]:
+    """The stored files of a collection whose path relative to the folder named at ingest is
+    ``relative`` or lies under it (a folder), in path order."""
+    rows = conn.execute(
+        "select distinct s.source, s.metadata->>'source' from sections s where s.collection = %(collection)s"
+        " and s.source is not null and (s.metadata->>'source' = %(relative)s"
+        " or starts_with(s.metadata->>'source', %(relative)s || '/')) order by 1",
+        {"collection": collection, "relative": relative}).fetchall()
+    return [NamedSource(path, rel) for path, rel in rows if path.endswith(rel)]
+

@@ -27,6 +27,7 @@ __all__ = ["CHUNK_MARK", "ChunkPolicy", "chunk_section", "chunk_sections", "defa
 
 CHUNK_MARK = "~"
 MIN_CHUNK_TOKENS = 16
+MAX_DEFAULT_OVERLAP = 64
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -46,18 +47,30 @@ class ChunkPolicy:
             raise ValueError(f"--chunk-overlap must be between 0 and half of --chunk-tokens "
                              f"({self.max_tokens // 2}), not {self.overlap}")
 
-
     @classmethod
     def for_model(cls, window: int, chunk_tokens: int | None = None, overlap: int | None = None) -> ChunkPolicy:
         """What ``sections ingest`` uses: chunks of the model's window unless the user set a size,
         and ``default_overlap`` unless the user set one."""
-        size = chunk_tokens or window
+        size = window if chunk_tokens is None else chunk_tokens
         return cls(size, default_overlap(size) if overlap is None else overlap)
+
+    @staticmethod
+    def check_options(chunk_tokens: int | None, overlap: int | None) -> None:
+        """Refuse bad ``--chunk-tokens``/``--chunk-overlap`` before anything loads (the model's
+        window is known only once it has loaded, seconds later). Without ``--chunk-tokens`` the
+        chunks are the model's window, so an overlap above the default's cap (64) needs the size
+        said too (an overlap of 500 is more than half of MiniLM's window); the check against the
+        window itself still runs once the model is loaded."""
+        if chunk_tokens is not None:
+            ChunkPolicy(chunk_tokens, default_overlap(chunk_tokens) if overlap is None else overlap)
+        elif overlap is not None and not 0 <= overlap <= MAX_DEFAULT_OVERLAP:
+            raise ValueError(f"--chunk-overlap must be between 0 and {MAX_DEFAULT_OVERLAP} unless --chunk-tokens "
+                             f"sets the chunk size too (at most half of it), not {overlap}")
 
 
 def default_overlap(max_tokens: int) -> int:
     """An eighth of a chunk, at most 64 tokens: enough to carry a sentence across a cut."""
-    return min(64, max_tokens // 8)
+    return min(MAX_DEFAULT_OVERLAP, max_tokens // 8)
 
 
 class _Piece(NamedTuple):

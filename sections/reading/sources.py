@@ -408,7 +408,7 @@ def _read_json(source: _Input, file: BinaryIO) -> Iterator[Section | SourceProbl
             counted_to = offset
             yield _section_from_json(value, source.name, line)
     except json.JSONDecodeError as error:
-        yield SourceProblem(source.name, error.lineno, f"malformed JSON: {error.msg}")
+        yield SourceProblem(source.name, error.lineno, f"malformed JSON: {error.msg} at column {error.colno}")
 
 
 def _json_items(text: str) -> Iterator[tuple[int, object]]:
