@@ -55,18 +55,18 @@ def docs(tmp_path: Path) -> Path:
     (root / "intro.md").write_text(textwrap.dedent("""\
         # Intro
 
-        What this project does.
+        What this project does for you.
 
         ## Install
 
-        pip install it.
+        Install it with pip install it.
 
         ## Old feature
 
         This feature is going away.
         """), encoding="utf-8")
-    (root / "faq.md").write_text("# FAQ\n\nQuestions people ask.\n\n## Why\n\nBecause.\n", encoding="utf-8")
-    (root / "guide" / "usage.md").write_text("# Usage\n\nRun the command.\n", encoding="utf-8")
+    (root / "faq.md").write_text("# FAQ\n\nQuestions people ask us often.\n\n## Why\n\nBecause it is simpler that way.\n", encoding="utf-8")
+    (root / "guide" / "usage.md").write_text("# Usage\n\nRun the command in a terminal.\n", encoding="utf-8")
     return root
 
 

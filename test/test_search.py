@@ -197,7 +197,7 @@ def corpus(tmp_path: Path) -> Path:
 
             ## More {name}
 
-            Further notes on {name}.
+            Further notes on {name} here.
             """), encoding="utf-8")
     (tmp_path / "notes.jsonl").write_text(
         json.dumps({"id": "n1", "title": "Odd note", "content": f"a note about {UNIQUE_WORD} crystals",
