@@ -99,6 +99,16 @@ def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: 
     return stored()
 
 
+def files_read(source, collection: str):
+    """The scope of the cleanup every ingest does (LangChain's indexing API calls it incremental):
+    the files read again are the proof of what they hold now, so the sections stored from them
+    that this run did not read (a heading renamed or moved, a paragraph deleted) are removed with
+    their vectors. Files that vanished are left to ``--prune``; stdin has no file to prove anything."""
+    from sections.records import Selection
+
+    return Selection(collection, files=source.files) if source.files else None
+
+
 def nothing_read(paths: List[str], source) -> str:
     """Why a run read no section at all, in one line."""
     unread = ", ".join(f"{n} {ext or 'without extension'}" for ext, n in source.unread.most_common(5))
@@ -137,14 +147,17 @@ def ingest(
         show_default=False)] = None,
     collection: Collection = DEFAULT_COLLECTION,
     prune: Annotated[bool, typer.Option("--prune", help="Afterwards, delete the sections of this collection read "
-                                        "from these files and folders before that this run no longer found.")] = False,
+                                        "from these files and folders before that this run no longer found, files "
+                                        "deleted since included (without it, only files read again are cleaned: "
+                                        "what they no longer hold is removed).")] = False,
     batch_api: BatchApi = False,
     no_wait: NoWait = False,
     fallback: Fallback = False,
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section, removed section and "
+                                          "unread file.")] = False,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
@@ -159,10 +172,11 @@ def ingest(
     if source.count == 0:
         fail(nothing_read(paths, source))
     refuse_unknown_model(model, base_url, provider)
-    scope = source_scope(paths, name) if prune else None
+    scope = source_scope(paths, name) if prune else files_read(source, name)
     if scope is not None and source.problem_count:
-        err.print(f"--prune skipped: {source.problem_count} input record(s) were invalid, and the sections they "
-                  "held would have been pruned; fix them and run again", markup=False)
+        err.print(f"{'--prune' if prune else 'removing what the files no longer hold'} skipped: "
+                  f"{source.problem_count} input record(s) were invalid, and the sections they held would have "
+                  "been removed; fix them and run again", markup=False)
         scope = None
     with open_store(database_url) as store:
         service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
@@ -186,6 +200,8 @@ def ingest(
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
             out.print(f"  {section_id}: {scrub(reason)}", markup=False)
+        for section_id in result.get("pruned_ids", []):
+            out.print(f"  removed: {section_id}", markup=False)
         for path in source.unread_paths:
             out.print(f"  not read: {path}", markup=False)
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)

@@ -223,7 +223,7 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     rows += [("invalid (skipped)", "invalid"), ("unchanged", "unchanged"), ("embedded", "embedded"),
              ("failed", "failed"), ("tokens", "tokens")]
     rows += [("left to another run embedding them", "busy")] if summary["busy"] else []
-    rows += [("pruned (gone from the sources)", "pruned")] if summary["pruned"] is not None else []
+    rows += [("removed (no longer in their files)", "pruned")] if summary["pruned"] is not None else []
     for label, key in rows:
         table.add_row(label, f"{summary[key]:,}")
     for item in summary["skipped"]:

@@ -126,6 +126,11 @@ class SectionSource:
         self._inputs = inputs
         self._skip_invalid = skip_invalid
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files read (absolute POSIX paths, as each of their sections' ``source``); stdin is none."""
+        return tuple(Path(os.path.abspath(item.path)).as_posix() for item in self._inputs if item.name != _STDIN_NAME)
+
     def __iter__(self) -> Iterator[Section]:
         """Yield the valid sections; a problem here means an input changed since validation."""
         for item in _checked(self._inputs):

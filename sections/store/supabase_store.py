@@ -184,6 +184,7 @@ class SupabaseStore:
             self.indexes.after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
             run.summary["pruned_count"] = run.pruned.deleted.sections
+            run.summary["pruned_ids"] = run.pruned.ids
         return run.summary
 
     def batch_ingest_embeddings(self, sections: list[dict[str, Any]], embedding_service: Embedder,
