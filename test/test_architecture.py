@@ -76,6 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "sections.cli.common": {"sections.cli.console", "sections.records", "sections.redact", "sections.engine.service",
                             "sections.providers", "sections.store.supabase_store"},
     "sections.cli.lifecycle": {"sections.cli.common", "sections.cli.console", "sections.records"},
+    "sections.cli.ids": {"sections.cli.console", "sections.records"},
     "sections.cli.dry_run": {"sections.cli.console", "sections.engine.usage", "sections.fingerprint", "sections.pipeline"},
     "sections.cli.watch": {"sections.cli.common", "sections.cli.console", "sections.engine.errors",
                            "sections.cli.interrupts", "sections.records", "sections.pipeline"},

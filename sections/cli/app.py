@@ -24,6 +24,7 @@ from sections.cli.common import (DEFAULT_MODEL, AllCollections, BaseUrl, Collect
                              Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm, build_service, chosen_collection,
                              open_store, refuse_unknown_model)
 from sections.cli.batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
+from sections.cli.ids import IdPrefix, refuse_other_files, with_prefix
 from sections.cli.lifecycle import delete, drop_model, source_scope
 from sections.cli.dry_run import dry_run_report, sync_dry_run
 from sections.cli.watch import watch
@@ -155,6 +156,7 @@ def ingest(
     fallback: Fallback = False,
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
+    id_prefix: IdPrefix = None,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section, removed section and "
                                           "unread file.")] = False,
@@ -179,10 +181,11 @@ def ingest(
                   "been removed; fix them and run again", markup=False)
         scope = None
     with open_store(database_url) as store:
+        refuse_other_files(store, with_prefix(source, id_prefix))  # before a model loads or anything is spent
         service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
                                 long_input=long_input)
         reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)
-        sections = chunked_source(source, service, chunk_tokens, chunk_overlap, reading)
+        sections = chunked_source(with_prefix(source, id_prefix), service, chunk_tokens, chunk_overlap, reading)
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
         if batch is not None:

@@ -172,3 +172,26 @@ def sources_named(conn: psycopg.Connection[Any], collection: str, relative: str)
         {"collection": collection, "relative": relative}).fetchall()
     return [NamedSource(path, rel) for path, rel in rows if path.endswith(rel)]
 
+
+class OtherFile(NamedTuple):
+    """A section id read now from one file and stored from another: two folders' files with the
+    same path relative to the folder named (two ``index.md``)."""
+    id: str
+    stored_from: str
+    read_from: str
+
+
+def other_files(conn: psycopg.Connection[Any], read: Sequence[tuple[str, str]], limit: int = 5) -> list[OtherFile]:
+    """Of these (id, file) pairs, up to ``limit`` whose id is stored from another file, in any
+    collection; a section stored as chunks is found by its first (``id~1``). Primary-key lookups."""
+    files = dict(read)
+    first_chunks = {f"{section_id}~1": section_id for section_id in files}
+    rows = conn.execute("select id, source from sections where id = any(%s) and source is not null",
+                        ([*files, *first_chunks],)).fetchall()
+    found = []
+    for stored_id, stored_from in rows:
+        section_id = stored_id if stored_id in files else first_chunks[stored_id]
+        if stored_from != files[section_id]:
+            found.append(OtherFile(section_id, stored_from, files[section_id]))
+    return sorted(found)[:limit]
+

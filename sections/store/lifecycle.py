@@ -66,6 +66,11 @@ class Lifecycle:
         with self.database.connection() as conn:
             return pg_sections.sources_named(conn, collection, relative)
 
+    def other_files(self, read: list[tuple[str, str]]) -> list[pg_sections.OtherFile]:
+        """Of these (section id, file read from) pairs, those whose id is stored from another file."""
+        with self.database.connection() as conn:
+            return pg_sections.other_files(conn, read)
+
     def collections(self) -> dict[str, int]:
         """Sections per collection."""
         with self.database.connection() as conn:

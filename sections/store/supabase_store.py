@@ -236,6 +236,7 @@ class SupabaseStore:
     delete = DelegatedTo("lifecycle", Lifecycle.delete)
     selected_ids = DelegatedTo("lifecycle", Lifecycle.selected_ids)
     sources_named = DelegatedTo("lifecycle", Lifecycle.sources_named)
+    other_files = DelegatedTo("lifecycle", Lifecycle.other_files)
     collections = DelegatedTo("lifecycle", Lifecycle.collections)
     workers = DelegatedTo("lifecycle", Lifecycle.workers)
     drop_model = DelegatedTo("lifecycle", Lifecycle.drop_model)
