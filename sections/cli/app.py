@@ -181,7 +181,8 @@ def ingest(
                   "been removed; fix them and run again", markup=False)
         scope = None
     with open_store(database_url) as store:
-        refuse_other_files(store, with_prefix(source, id_prefix))  # before a model loads or anything is spent
+        if source.has_documents:  # before a model loads or anything is spent
+            refuse_other_files(store, with_prefix(source, id_prefix))
         service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
                                 long_input=long_input)
         reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)

@@ -61,6 +61,7 @@ _KINDS = {
     ".rst": "rst",
 }
 _STDIN_NAME = "<stdin>"
+_DOCUMENT_KINDS = frozenset({"markdown", "mdx", "rst", "text"})
 _RECORD_FIELDS = ("id", "title", "content", "metadata")
 _CSV_COLUMNS = ("id", "title", "content")
 _ABSENT = object()
@@ -130,6 +131,12 @@ class SectionSource:
     def files(self) -> tuple[str, ...]:
         """The files read (absolute POSIX paths, as each of their sections' ``source``); stdin is none."""
         return tuple(Path(os.path.abspath(item.path)).as_posix() for item in self._inputs if item.name != _STDIN_NAME)
+
+    @property
+    def has_documents(self) -> bool:
+        """Whether any input is a document (Markdown, MDX, reST, text), whose ids are paths: records
+        carry ids of their own."""
+        return any(item.kind in _DOCUMENT_KINDS for item in self._inputs)
 
     def __iter__(self) -> Iterator[Section]:
         """Yield the valid sections; a problem here means an input changed since validation."""
