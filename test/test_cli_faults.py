@@ -113,7 +113,7 @@ def test_the_rate_counts_what_was_embedded_not_what_was_unchanged(sim, database_
 def test_delete_source_takes_the_path_as_ingest_was_given_it(sim, database_url, tmp_path):
     docs = tmp_path / "site" / "docs"
     (docs / "guide").mkdir(parents=True)
-    (docs / "guide" / "intro.md").write_text("# Intro\n\nHow to start.\n\n## Next\n\nWhat comes next.\n")
+    (docs / "guide" / "intro.md").write_text("# Intro\n\nHow to start with the tool.\n\n## Next\n\nWhat comes next after the start.\n")
     (docs / "guide" / "deep.md").write_text("# Deep\n\nThe details.\n")
     (docs / "faq.md").write_text("# FAQ\n\nQuestions.\n")
     assert sections_cli("ingest", "docs", *embedding(sim, database_url), cwd=tmp_path / "site").returncode == 0
