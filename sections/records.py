@@ -370,6 +370,7 @@ class IngestSummary(TypedDict):
     errors: dict[str, str]
     busy_count: NotRequired[int]  # of the skipped: due, but another run was embedding them (only when > 0)
     pruned_count: NotRequired[int]  # sections a prune deleted (only when a prune was asked for)
+    pruned_ids: NotRequired[list[str]]  # their ids
     index_error: NotRequired[str]  # why the index build after the run failed (the vectors are stored)
     from_spool: NotRequired[int]  # answers an earlier run spooled, written before this run sent anything (when > 0)
 

@@ -56,6 +56,30 @@ def test_paragraphs_that_fit_are_kept_whole():
     assert all(chunk.content.count("\n\n") + 1 == sum(p in chunk.content for p in paragraphs) for chunk in chunks)
 
 
+FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+
+@pytest.mark.parametrize("overlap", [0, 30])
+def test_no_chunk_starts_or_ends_inside_a_fence_without_it(overlap):
+    code = "\n".join(f'    print("step {n} of the long example", {n})  # "Let us know."' for n in range(120))
+    content = (f"Run this:\n```python title=\"example.py\"\n{code}\n```\nThen this.\n\n" + _long_text(3, 4)
+               + "\n\n~~~\n" + "x" * 3000 + "\n~~~")
+    chunks = chunk_section(Section("d", "Code", content), TOKENIZER, ChunkPolicy(128, overlap))
+    assert len(chunks) > 8
+    for chunk in chunks:
+        assert len(FENCE_LINE.findall(chunk.content)) % 2 == 0, chunk.content  # every fence it opens, it closes
+        opened = None
+        for line in chunk.content.split("\n"):
+            if FENCE_LINE.match(line):
+                opened = None if opened else line
+            elif "print(" in line:  # code sits inside its fence, re-opened with its info string
+                assert opened == '```python title="example.py"', chunk.content
+    lines = [line for chunk in chunks for line in chunk.content.split("\n") if "print(" in line]
+    assert set(lines) == set(code.split("\n"))  # nothing lost
+    assert all(chunk.content.lstrip().startswith(("```python", "~~~", "Run", "Then", "Paragraph"))
+               for chunk in chunks), [c.content[:40] for c in chunks]
+
+
 def test_a_code_fence_with_blank_lines_and_hash_lines_is_one_piece():
     fence = "```python\n# a comment, not a heading\n\nx = 1\n\n\ny = 2\n```"
     content = _long_text(6, 6) + "\n\n" + fence + "\n\n" + _long_text(6, 6)
@@ -102,3 +126,26 @@ def test_bad_policies_are_refused_with_the_option_named(tokens, overlap, message
 
 def test_default_overlap_is_an_eighth_capped_at_64():
     assert default_overlap(254) == 31 and default_overlap(8191) == 64
+
+
+def _doc(section_id: str, content: str, headings: list[str], source: str = "/d/api.md") -> Section:
+    return Section(section_id, " > ".join(headings) or "api", content,
+                   {"source": "api.md", "headings": headings, "line": 1}, from_document=True, source=source)
+
+
+def test_sections_of_fewer_than_five_words_are_folded_into_a_neighbour_of_their_file():
+    sections = [
+        _doc("api.md", "import Thing", []),  # first in its file: goes to the first big one after it
+        _doc("api.md#options", "Options change how the builder writes each page.", ["Options"]),
+        _doc("api.md#options/name", "**Type:** string", ["Options", "name"]),  # into the one above
+        _doc("api.md#options/out", "Where the pages are written, relative to the root.", ["Options", "out"]),
+        _doc("api.md#options/out/default", "`site/`", ["Options", "out", "Default"]),
+        _doc("tiny.md", "Just this.", [], source="/d/tiny.md"),  # a file of one small section keeps it
+        Section("r1", "", "ok"),  # a record: never folded
+    ]
+    folded = list(chunk_sections(sections, TOKENIZER, ChunkPolicy(500)))
+    assert [s.id for s in folded] == ["api.md#options", "api.md#options/out", "tiny.md", "r1"]
+    assert folded[0].content == ("import Thing\n\nOptions change how the builder writes each page.\n\n"
+                                 "name\n**Type:** string")
+    assert folded[1].content == "Where the pages are written, relative to the root.\n\nDefault\n`site/`"
+    assert folded[0].metadata["headings"] == ["Options"]

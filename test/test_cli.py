@@ -53,14 +53,14 @@ def test_ingest_then_rerun_then_search_as_a_subprocess(sim, database_url, corpus
                             "-k", "3", "--json", *common(sim, database_url)[:6], "--dimensions", "32"],
                            capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)[0]["id"] == target["id"]
+    assert json.loads(found.stdout)["hits"][0]["id"] == target["id"]
 
 
 def test_every_source_format(sim, database_url, db, tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"id": "j1", "title": "t", "content": "json one"}]))
     (tmp_path / "b.csv").write_text("id,title,content,lang\nc1,T,csv one,en\n")
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "guide.md").write_text("# Install\n\npip install it\n\n## Use\n\nrun it\n")
+    (tmp_path / "docs" / "guide.md").write_text("# Install\n\npip install it, then import it\n\n## Use\n\nrun it from the command line\n")
     (tmp_path / "notes.txt").write_text("plain text notes")
     result = run("ingest", tmp_path / "a.json", tmp_path / "b.csv", tmp_path / "docs", tmp_path / "notes.txt",
                  *common(sim, database_url), "--json")
@@ -208,7 +208,7 @@ def test_demo_with_the_local_model_finds_the_right_topics(database_url):
 def _long_markdown(paragraphs: int = 40) -> str:
     body = "\n\n".join(" ".join(f"Paragraph {p} sentence {s} is about subject number {p}." for s in range(6))
                        for p in range(paragraphs))
-    return f"# Guide\n\nA short intro.\n\n## Long part\n\n{body}\n"
+    return f"# Guide\n\nA short intro to this guide.\n\n## Long part\n\n{body}\n"
 
 
 def test_long_document_sections_are_chunked_and_search_groups_them(sim, database_url, db, tmp_path):
@@ -234,9 +234,9 @@ def test_long_document_sections_are_chunked_and_search_groups_them(sim, database
     # the simulator's vectors carry no meaning: ask for more hits than rows, so grouping sees them all
     query = ["search", "subject number 7 and subject number 8", "-k", "10", "--json", *common(sim, database_url)]
     grouped = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query], capture_output=True,
-                                        text=True, timeout=120).stdout)
+                                        text=True, timeout=120).stdout)["hits"]
     everything = json.loads(subprocess.run([sys.executable, "-m", "sections.cli.app", *query, "--no-group"],
-                                           capture_output=True, text=True, timeout=120).stdout)
+                                           capture_output=True, text=True, timeout=120).stdout)["hits"]
     keys = [hit["parent"]["id"] if hit["parent"] else hit["id"] for hit in grouped]
     assert len(keys) == len(set(keys)) == 2  # one hit per section: the long one and the intro
     assert len(everything) == 10 and sum(hit["parent"] is not None for hit in everything) >= 9
@@ -273,7 +273,7 @@ def test_editing_one_sentence_and_adding_a_heading_embeds_only_those_two(sim, da
     index = docs / "index.md"
     text = index.read_text(encoding="utf-8")
     body_start = text.index("\n---", 1) + 4 if text.startswith("---") else 0  # after the front matter
-    index.write_text(text[:body_start] + "\n\n## A new first heading\n\nBrand new words here.\n\n" + text[body_start:],
+    index.write_text(text[:body_start] + "\n\n## A new first heading\n\nBrand new words are written here.\n\n" + text[body_start:],
                      encoding="utf-8")
     second = json.loads(run(*command).output)
     assert second["embedded"] == 2, second  # the edited section and the new one (which took over the

@@ -172,7 +172,7 @@ def test_3072_dimensions_are_indexed_as_halfvec_and_searched_through_that_index(
     found = subprocess.run([*cli, "search", text, "-k", "3", "--json", *where, "--base-url", sim.base_url],
                            capture_output=True, text=True, timeout=120, check=False)
     assert found.returncode == 0, found.stderr
-    hits = json.loads(found.stdout)
+    hits = json.loads(found.stdout)["hits"]
     assert hits[0]["id"] == target["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)  # halfvec precision
 
     # match_sections(), which the store's own search calls too, runs on the halfvec index, not a scan of every row

@@ -55,18 +55,18 @@ def docs(tmp_path: Path) -> Path:
     (root / "intro.md").write_text(textwrap.dedent("""\
         # Intro
 
-        What this project does.
+        What this project does for you.
 
         ## Install
 
-        pip install it.
+        Install it with pip install it.
 
         ## Old feature
 
         This feature is going away.
         """), encoding="utf-8")
-    (root / "faq.md").write_text("# FAQ\n\nQuestions people ask.\n\n## Why\n\nBecause.\n", encoding="utf-8")
-    (root / "guide" / "usage.md").write_text("# Usage\n\nRun the command.\n", encoding="utf-8")
+    (root / "faq.md").write_text("# FAQ\n\nQuestions people ask us often.\n\n## Why\n\nBecause it is simpler that way.\n", encoding="utf-8")
+    (root / "guide" / "usage.md").write_text("# Usage\n\nRun the command in a terminal.\n", encoding="utf-8")
     return root
 
 
@@ -104,7 +104,7 @@ def test_prune_deletes_what_the_sources_no_longer_hold_and_nothing_else(sim, dat
     assert "elsewhere" in ids(db, "default")  # another source: never a candidate
 
     hits = json.loads(sections_cli("search", "This feature is going away.", *embedding(sim, database_url),
-                                   "--json").stdout)
+                                   "--json").stdout)["hits"]
     assert "intro.md#intro/old-feature" not in {hit["id"] for hit in hits}
     again = sections_cli("ingest", docs, *embedding(sim, database_url), "--prune", "--json")
     assert json.loads(again.stdout)["pruned"] == 0
@@ -132,7 +132,7 @@ def test_collections_keep_searches_and_syncs_apart(sim, database_url, db, tmp_pa
     assert sections_cli("ingest", python, *embedding(sim, database_url), "-c", "python").returncode == 0
     query = "Lists\n\nhow to sort a list"
     found = lambda *extra: {hit["id"] for hit in json.loads(  # noqa: E731
-        sections_cli("search", query, *embedding(sim, database_url), "--json", *extra).stdout)}
+        sections_cli("search", query, *embedding(sim, database_url), "--json", *extra).stdout)["hits"]}
     assert found("-c", "docs") == {"d1"} and found("-c", "python") == {"p1"}
     assert found() == set()  # the default collection is empty
     assert found("--all-collections") == {"d1", "p1"}

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sections.reading.markdown import NO_TEXT, Document, DocumentError, Skip, read_markdown, slug, strip_markup
+from sections.reading.markdown import NO_TEXT, Document, DocumentError, Skip, read_markdown, slug
+from sections.reading.markup import strip_markup
 
 FIXTURES = Path(__file__).parent / "fixtures" / "docs"
 
@@ -180,9 +181,10 @@ def test_mdx_statements_and_jsx_tags_are_removed_and_their_text_kept():
     intro, install = document.sections
     assert intro.content == "Intro with highlighted words."
     assert intro.line == 17
-    assert install.content == (
-        "```bash\n# a comment, not a heading\nnpm install x\n"
-        "echo \"<b>kept: a fence right after a JSX line is code</b>\"\n```\n\nCard text.\n\nand fragment text stay.")
+    assert install.content == (  # the tab's label, the card's title: props a reader sees
+        "npm\n```bash\n# a comment, not a heading\nnpm install x\n"
+        "echo \"<b>kept: a fence right after a JSX line is code</b>\"\n```\n\nMulti-line props\nCard text.\n\n"
+        "and fragment text stay.")
     assert paths(document) == ["", "install"]
 
 
@@ -205,7 +207,7 @@ def test_html_tags_in_markdown_are_removed_but_never_in_code():
     text = ("Press <kbd>Ctrl</kbd>+<kbd>C</kbd>; write `<div>` or ``a `<b>` c``.\n\n"
             "<p align=\"center\">\n  <img src=\"logo.png\" alt=\"Logo\">\n</p>\n\n"
             "```html\n<div class=\"x\">kept</div>\n```\n\n    <span>indented code</span>\n")
-    assert content_of(text) == ("Press Ctrl+C; write `<div>` or ``a `<b>` c``.\n\n"
+    assert content_of(text) == ("Press Ctrl+C; write `<div>` or ``a `<b>` c``.\n\nLogo\n\n"  # an image's alt
                                "```html\n<div class=\"x\">kept</div>\n```\n\n    <span>indented code</span>")
 
 
@@ -403,7 +405,7 @@ def test_mkdocs_fixture_index():
     assert paths(document) == ["", "install", "install/checking-the-install", "quick-start", "license"]
     sections = by_path(document)
     assert sections[""].title == "Widgets"
-    assert sections[""].content == "**Widgets** builds small, fast widgets from plain files."
+    assert sections[""].content == "Widgets logo\n\n**Widgets** builds small, fast widgets from plain files."  # alt kept
     install = sections["install"].content
     assert "# install the latest release\npip install widgets" in install
     assert "pip\n\n```bash" in install and "Virtual environments\n\nInstall Widgets" in install
@@ -440,7 +442,7 @@ def test_supabase_fixture():
     document = fixture("supabase/guides/auth/passwords.mdx")
     assert document.metadata == {}
     assert paths(document) == ["", "with-email/enabling-email-and-password-based-authentication",
-                               "with-email/signing-in-with-email-and-password", "resetting-a-password"]
+                               "with-email/signing-in-with-email-and-password", "with-phone", "resetting-a-password"]
     sections = by_path(document)
     assert sections[""].content.startswith("Users often expect to sign in")
     assert "export" not in sections[""].content and "Admonition" not in sections[""].content
@@ -448,10 +450,41 @@ def test_supabase_fixture():
     assert "```python\n# sign up a new user\nresponse = supabase.auth.sign_up(" in enabling
     assert "TabPanel" not in enabling and "queryGroup" not in enabling
     signing = sections["with-email/signing-in-with-email-and-password"].content
-    assert signing.startswith("Call `signInWithPassword()`") and "meta={{" not in signing
-    assert sections["resetting-a-password"].content == (
-        "Create a page that users land on after clicking the link in their email.")
-    assert [skip.line for skip in document.skipped] == [73]  # "With phone": an image only
+    assert signing.startswith("Sign in\n\nCall `signInWithPassword()`") and "meta={{" not in signing  # the title prop
+    assert sections["resetting-a-password"].content == (  # a step's title, then its text
+        "Create a reset password page\nCreate a page that users land on after clicking the link in their email.")
+    assert sections["with-phone"].content == "Phone sign in"  # an image only: its alt, not its src={{…}}
+    assert document.skipped == []
+
+
+def test_a_page_of_cards_yields_its_cards_text_in_reading_order():
+    document = fixture("starlight/resources/plugins.mdx")
+    assert document.skipped == []
+    assert by_path(document)["community-plugins"].content == (
+        "starlight-links-validator — Check for broken links in your Starlight pages.\n"
+        "starlight-typedoc — Generate Starlight pages from TypeScript using TypeDoc.\n"
+        "starlight-blog — Add a blog to your documentation site.")
+
+
+def test_expression_props_go_indented_tags_go_and_indented_fences_stay_code():
+    sections = by_path(fixture("starlight/guides/sidebar.mdx"))
+    assert sections["groups"].content == "Group links under a heading:"  # config={[…]} is code, not prose
+    assert sections["install"].content == (
+        "npm\n\n```sh\nnpm create astro@latest -- --template starlight\n```\n\n"
+        "pnpm\n\n```sh\npnpm create astro --template starlight\n```\n\n"
+        "1. Run the setup wizard.\n\n2. Start the dev server.")
+
+
+def test_mdx_code_blocks_are_unwrapped_and_read_as_mdx():
+    [section] = fixture("starlight/guides/notebook.md").sections
+    assert section.content == "Python\n\n```python\nprint(\"hello\")\n```\n\nThe notebook ends here."
+
+
+def test_only_string_props_a_reader_sees_are_kept():
+    assert strip_markup('<Card title="T" icon="star" description={desc} caption=\'C\' />', mdx=True) == "T — C"
+    assert strip_markup('<Image alt="A chart" src={{ light: "a.png", dark: "b.png" }} />', mdx=True) == "A chart"
+    assert strip_markup("<Preview config={[{ a: '}' }, `${x}]`]} />after", mdx=True) == "after"
+    assert strip_markup("a <b and <3 <me@example.com>", mdx=True) == "a <b and <3 <me@example.com>"
 
 
 def test_long_handbook_fixture():

@@ -597,7 +597,7 @@ def test_hostile_ids_titles_metadata_and_model_names_through_the_cli_are_stored_
     target = HOSTILE_SECTIONS[1]
     found = cli("search", section_text(target["title"], target["content"]), "-k", "2",
                 *cli_options(sim, database_url, model=model), "--json")
-    assert json.loads(found.stdout)[0]["id"] == target["id"]
+    assert json.loads(found.stdout)["hits"][0]["id"] == target["id"]
     assert db.execute("select count(*) from sections").fetchone()[0] == len(HOSTILE_SECTIONS) + 1
 
 

@@ -197,7 +197,7 @@ def corpus(tmp_path: Path) -> Path:
 
             ## More {name}
 
-            Further notes on {name}.
+            Further notes on {name} here.
             """), encoding="utf-8")
     (tmp_path / "notes.jsonl").write_text(
         json.dumps({"id": "n1", "title": "Odd note", "content": f"a note about {UNIQUE_WORD} crystals",
@@ -220,7 +220,7 @@ def test_search_command_filters_sources_full_and_hybrid(sim, database_url, db, c
         args = ["search", text, *where, "--json", "-k", "50", *map(str, extra)]
         result = sections_cli(*args) if subprocess else runner.invoke(app, args, catch_exceptions=False)
         assert (result.returncode if subprocess else result.exit_code) == 0, result.stdout
-        return json.loads(result.stdout)
+        return json.loads(result.stdout)["hits"]
 
     english = found("--filter", "lang=en", "--source", corpus / "guide", subprocess=True)
     assert english[0]["id"] == "guide/install.md#install"

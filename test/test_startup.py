@@ -61,7 +61,7 @@ def test_a_search_with_an_openai_compatible_model_never_imports_torch(sim, datab
     target = sections[1]
     found = _cli("search", section_text(target["title"], target["content"]), *options, "--json", importtime=True)
     assert found.returncode == 0, found.stderr[-2000:]
-    assert json.loads(found.stdout)[0]["id"] == "bike"
+    assert json.loads(found.stdout)["hits"][0]["id"] == "bike"
     imported = _imported(found.stderr)
     assert "openai" in imported and not imported & set(HEAVY), imported & set(HEAVY)
     assert not re.search(r"\|\s+aiohttp\.", found.stderr)  # the SDK's async transport: never used here, not loaded

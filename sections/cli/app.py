@@ -24,6 +24,7 @@ from sections.cli.common import (DEFAULT_DB_WAIT_S, DEFAULT_MODEL, AllCollection
                              Concurrency, DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm,
                              build_service, chosen_collection, keeping_for, open_store, refuse_unknown_model)
 from sections.cli.batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
+from sections.cli.ids import IdPrefix, refuse_other_files, with_prefix
 from sections.cli.lifecycle import delete, drop_model, source_scope
 from sections.cli.dry_run import dry_run_report, sync_dry_run
 from sections.cli.watch import watch
@@ -64,6 +65,16 @@ def read_sources(paths: List[str], skip_invalid: bool):
         fail(f"invalid input: {error.problem_count} problem(s); nothing was written (--skip-invalid ingests the valid ones)")
 
 
+def check_chunking(chunk_tokens: Optional[int], chunk_overlap: Optional[int]) -> None:
+    """Chunking options refused before any file is read, database opened or model loaded."""
+    from sections.reading.chunking import ChunkPolicy
+
+    try:
+        ChunkPolicy.check_options(chunk_tokens, chunk_overlap)
+    except ValueError as error:
+        fail(str(error))
+
+
 def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: Optional[int],
                    reading: Reading) -> Iterator[Any]:
     """The sections to store: documents cut to the model's window (or ``--chunk-tokens``; then
@@ -87,6 +98,16 @@ def chunked_source(source, service, chunk_tokens: Optional[int], chunk_overlap: 
             yield section
 
     return stored()
+
+
+def files_read(source, collection: str):
+    """The scope of the cleanup every ingest does (LangChain's indexing API calls it incremental):
+    the files read again are the proof of what they hold now, so the sections stored from them
+    that this run did not read (a heading renamed or moved, a paragraph deleted) are removed with
+    their vectors. Files that vanished are left to ``--prune``; stdin has no file to prove anything."""
+    from sections.records import Selection
+
+    return Selection(collection, files=source.files) if source.files else None
 
 
 def nothing_read(paths: List[str], source) -> str:
@@ -130,19 +151,24 @@ def ingest(
         show_default=False)] = None,
     collection: Collection = DEFAULT_COLLECTION,
     prune: Annotated[bool, typer.Option("--prune", help="Afterwards, delete the sections of this collection read "
-                                        "from these files and folders before that this run no longer found.")] = False,
+                                        "from these files and folders before that this run no longer found, files "
+                                        "deleted since included (without it, only files read again are cleaned: "
+                                        "what they no longer hold is removed).")] = False,
     batch_api: BatchApi = False,
     no_wait: NoWait = False,
     fallback: Fallback = False,
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
+    id_prefix: IdPrefix = None,
     json_out: JsonOut = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section and unread file.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section, removed section and "
+                                          "unread file.")] = False,
     db_wait: DbWait = DEFAULT_DB_WAIT_S,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
     batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
+    check_chunking(chunk_tokens, chunk_overlap)
     if prune and "-" in paths:
         fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)
@@ -152,16 +178,19 @@ def ingest(
     if source.count == 0:
         fail(nothing_read(paths, source))
     refuse_unknown_model(model, base_url, provider)
-    scope = source_scope(paths, name) if prune else None
+    scope = source_scope(paths, name) if prune else files_read(source, name)
     if scope is not None and source.problem_count:
-        err.print(f"--prune skipped: {source.problem_count} input record(s) were invalid, and the sections they "
-                  "held would have been pruned; fix them and run again", markup=False)
+        err.print(f"{'--prune' if prune else 'removing what the files no longer hold'} skipped: "
+                  f"{source.problem_count} input record(s) were invalid, and the sections they held would have "
+                  "been removed; fix them and run again", markup=False)
         scope = None
     with open_store(database_url) as store:
+        if source.has_documents:  # before a model loads or anything is spent
+            refuse_other_files(store, with_prefix(source, id_prefix))
         service = build_service(model, base_url, provider, dimensions, concurrency=concurrency, rpm=rpm, tpm=tpm,
                                 long_input=long_input)
         reading = Reading(invalid=source.problem_count, skipped=source.skipped, unread=source.unread)
-        sections = chunked_source(source, service, chunk_tokens, chunk_overlap, reading)
+        sections = chunked_source(with_prefix(source, id_prefix), service, chunk_tokens, chunk_overlap, reading)
         if dry_run:
             return dry_run_report(store, sections, reading, service, json_out, name, scope, verbose)
         if batch is not None:
@@ -182,6 +211,8 @@ def ingest(
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():
             out.print(f"  {section_id}: {scrub(reason)}", markup=False)
+        for section_id in result.get("pruned_ids", []):
+            out.print(f"  removed: {section_id}", markup=False)
         for path in source.unread_paths:
             out.print(f"  not read: {path}", markup=False)
     raise typer.Exit(2 if summary["failed"] or summary["invalid"] else 0)

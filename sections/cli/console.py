@@ -35,6 +35,8 @@ from sections.engine.usage import estimate_cost_usd
 P = ParamSpec("P")
 R = TypeVar("R")
 
+HEADER_CHARS = 100  # the most of a query a table's title repeats
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -78,7 +80,7 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
         return (f"interrupted: {counts['success']:,} stored, {max(0, total() - done):,} not yet; "
                 f"run {again} again to finish")
 
-    with Signals(service.stop_requested.set, lambda: interrupted_line(latest)) as signals:
+    with Signals(service.stop_requested.set, lambda: interrupted_line(latest), release) as signals:
         stopped = False
         failure: str | None = None
         partial: dict[str, Any] = {}
@@ -176,6 +178,7 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
     reasons = Counter(result.get("errors", {}).values()).most_common(5)
     tokens = int(result.get("total_tokens", 0))
     batch_tokens = int(result.get("batch_tokens", 0))  # of them, billed through the Batch API (--batch-api)
+    worked = int(result.get("success_count", 0)) + int(result.get("failed_count", 0))
     return {
         "model": service.model,
         "read": reading.read,
@@ -197,7 +200,9 @@ def summary_of(result: dict[str, Any], service: Any, reading: Reading, elapsed: 
         "sync_cost_usd": round(estimate_cost_usd(service.model, tokens), 6),  # the same tokens at each price
         "batch_cost_usd": round(estimate_cost_usd(service.model, tokens, batch=True), 6),
         "elapsed_s": round(elapsed, 3),
-        "sections_per_s": round(reading.stored / elapsed, 1) if elapsed > 0 else None,
+        # what this run embedded (or tried to): unchanged sections cost nothing and would make a
+        # run that did nothing look fast
+        "sections_per_s": round(worked / elapsed, 1) if elapsed > 0 else None,
     }
 
 
@@ -213,7 +218,7 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     rows += [("invalid (skipped)", "invalid"), ("unchanged", "unchanged"), ("embedded", "embedded"),
              ("failed", "failed"), ("tokens", "tokens")]
     rows += [("left to another run (not stored yet)", "busy")] if summary["busy"] else []
-    rows += [("pruned (gone from the sources)", "pruned")] if summary["pruned"] is not None else []
+    rows += [("removed (no longer in their files)", "pruned")] if summary["pruned"] is not None else []
     for label, key in rows:
         table.add_row(label, f"{summary[key]:,}")
     for item in summary["skipped"]:
@@ -223,7 +228,7 @@ def print_summary(result: dict[str, Any], service: Any, reading: Reading, elapse
     table.add_row("estimated cost", f"${summary['estimated_cost_usd']:.4f}")
     table.add_row("price: synchronous | Batch API", f"${summary['sync_cost_usd']:.4f} | ${summary['batch_cost_usd']:.4f}")
     table.add_row("elapsed", f"{summary['elapsed_s']:.2f} s")
-    table.add_row("sections/s", f"{summary['sections_per_s'] or 0:,.1f}")
+    table.add_row("sections/s (embedded or failed)", f"{summary['sections_per_s'] or 0:,.1f}")
     out.print(table)
     for item in summary["failure_reasons"]:
         out.print(f"  failed x{item['count']}: {scrub(item['reason'])}")
@@ -269,7 +274,7 @@ def print_hits(query: str, hits: list[dict[str, Any]]) -> None:
     ordered them), where each was read, and a snippet, or the whole content when the hits carry it."""
     fused = any("rrf_score" in hit for hit in hits)
     full = any("content" in hit for hit in hits)
-    table = Table(title=f"“{query}”")
+    table = Table(title=f"“{shortened(query)}”")
     for column in ("score", *(("rrf",) if fused else ()), "id", "title", "where", "content" if full else "snippet"):
         table.add_column(column, overflow="fold")
     for hit in hits:  # Text: ids, titles and contents are shown as written, never read as markup
@@ -277,6 +282,13 @@ def print_hits(query: str, hits: list[dict[str, Any]]) -> None:
                       Text(hit["id"]), Text(hit["title"] or ""), Text(_where(hit)),
                       Text(hit.get("content", "") if full else (hit.get("snippet") or "")[:160]))
     out.print(table)
+
+
+def shortened(text: str, limit: int = HEADER_CHARS) -> str:
+    """One line of at most ``limit`` characters: a query read from a pipe can be a whole file,
+    and a header that repeats a megabyte hides the hits under it."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1].rstrip() + "…"
 
 
 def _where(hit: dict[str, Any]) -> str:

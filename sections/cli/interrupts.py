@@ -11,6 +11,9 @@ what arrived and ends with ``leave``. A second signal prints the same line and l
 ``leave`` is ``os._exit``: a thread may still be inside a request or a forward pass that nobody
 will wait for, and an interpreter that finalizes around live native threads is what aborted.
 Everything that matters is done before it: what was paid for is committed, the output flushed.
+A second signal first gives ``on_leave`` (the command's ``store.close``) ``LEAVE_GRACE_S`` on a
+thread of its own: an embedded Postgres this process started is stopped, not left running with
+nobody to stop it (the main thread may be holding any lock, so it is never waited on longer).
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_CODES", "Signals", "leave"]
+__all__ = ["EXIT_CODES", "LEAVE_GRACE_S", "Signals", "leave"]
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
 SHOW_CURSOR = "\x1b[?25h"  # a live progress bar hides it; os._exit would leave it hidden
+LEAVE_GRACE_S = 10.0  # the most a second signal waits for on_leave (a fast stop takes ~1 s)
 
 
 def leave(code: int, line: str | None = None) -> NoReturn:
@@ -50,11 +54,14 @@ class Signals:
 
     ``on_first()`` runs on the first signal and must only set a flag (it runs between two bytecodes
     of the main thread, wherever that is). ``last_words()`` is the line a second signal prints
-    before it leaves; it must not take locks. ``received`` is the first signal, if any.
+    before it leaves; it must not take locks. ``on_leave()`` (what the command holds, closed) runs
+    on a thread of its own before a second signal leaves, for ``LEAVE_GRACE_S`` at most.
+    ``received`` is the first signal, if any.
     """
 
-    def __init__(self, on_first: Callable[[], None], last_words: Callable[[], str]):
-        self.on_first, self.last_words = on_first, last_words
+    def __init__(self, on_first: Callable[[], None], last_words: Callable[[], str],
+                 on_leave: Callable[[], None] | None = None):
+        self.on_first, self.last_words, self.on_leave = on_first, last_words, on_leave
         self.received: signal.Signals | None = None
         self.said = False  # the command printed its line: a second signal only leaves
         self._previous: dict[signal.Signals, Any] = {}
@@ -80,4 +87,17 @@ class Signals:
             self.received = signal.Signals(signum)
             self.on_first()
             return
-        leave(EXIT_CODES.get(signal.Signals(signum), 130), None if self.said else self.last_words())
+        line = None if self.said else self.last_words()
+        if self.on_leave is not None:
+            closing = threading.Thread(target=_quietly, args=(self.on_leave,), name="sections-leave", daemon=True)
+            closing.start()
+            closing.join(LEAVE_GRACE_S)
+        leave(EXIT_CODES.get(signal.Signals(signum), 130), line)
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    """Run ``action``; a process on its way out has nobody left to tell of a failure."""
+    try:
+        action()
+    except Exception:
+        pass

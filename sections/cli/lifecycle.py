@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -32,11 +33,34 @@ def source_scope(paths: List[str], collection: str) -> Selection:
     return Selection(collection, files=tuple(files), folders=tuple(folders))
 
 
+def as_given_at_ingest(store, paths: List[str], collection: str, scope: Selection) -> dict[str, tuple[str, ...]]:
+    """``--source`` paths that are not here (relative to the current directory) read as ingest was
+    given them: relative to the folder it was named, as hits show them (``guide/intro.md``). A path
+    that names files under two such folders is refused, with the choice to make."""
+    files, folders = list(scope.files), list(scope.folders)
+    for path in paths:
+        if os.path.exists(path):
+            continue
+        relative = Path(path).as_posix().strip("/")
+        named = store.sources_named(collection, relative)
+        roots = sorted({source.path[:len(source.path) - len(source.relative)] for source in named})
+        if len(roots) > 1:
+            fail(f"--source {path}: ingested under {len(roots)} folders ({', '.join(roots[:3])}); "
+                 f"give the whole path, e.g. --source {roots[0]}{relative}")
+        for source in named:
+            if source.relative == relative:
+                files.append(source.path)
+            else:
+                folders.append(f"{roots[0]}{relative}/")
+    return {"files": tuple(dict.fromkeys(files)), "folders": tuple(dict.fromkeys(folders))}
+
+
 def delete(
     ids: Annotated[Optional[List[str]], typer.Argument(help="Section ids to delete.", show_default=False)] = None,
     prefix: Annotated[Optional[str], typer.Option("--prefix", help="Every section whose id starts with this.")] = None,
     source: Annotated[Optional[List[str]], typer.Option(
-        "--source", help="Every section read from this file or folder (repeatable).")] = None,
+        "--source", help="Every section read from this file or folder (repeatable): a path from here, or as "
+                         "ingest was given it (relative to the folder named, as search shows it).")] = None,
     whole_collection: Annotated[bool, typer.Option("--whole-collection", help="Every section of the collection.")] = False,
     collection: Collection = DEFAULT_COLLECTION,
     yes: Yes = False,
@@ -50,6 +74,8 @@ def delete(
     if selection.empty:
         fail("say what to delete: section ids, --prefix, --source or --whole-collection")
     with open_store(database_url) as store:
+        if source:
+            selection = replace(selection, **as_given_at_ingest(store, source, name, scope))
         matched = store.selected_ids(selection)
         if matched and not confirmed(f"Delete {len(matched):,} section(s) of collection {name!r} "
                                      f"(e.g. {matched[0]!r}) and their vectors?", yes):

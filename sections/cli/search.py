@@ -73,7 +73,15 @@ def search(
     full: Annotated[bool, typer.Option("--full", help="Show each hit's whole content, not a snippet.")] = False,
     json_out: JsonOut = False,
 ) -> None:
-    """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with)."""
+    """The sections nearest to QUERY (cosine similarity, with the model the sections were embedded with).
+
+    With ``--json`` every answer has one shape, ``{"query": …, "hits": […]}``: one document for a
+    query given as an argument, one such line per query read from stdin."""
+    if not query.strip():
+        fail("the query is empty: say what to look for, e.g. sections search \"rotate the logs\" "
+             "(or - to read queries from stdin)")
+    if k < 1:
+        fail(f"-k must be at least 1, not {k}")
     name = chosen_collection(collection, all_collections)
     scope = source_scope(sources, name or DEFAULT_COLLECTION) if sources else None
     where = SearchFilter(metadata_filter(filters or []), scope.files + scope.folders if scope else ())
@@ -102,13 +110,13 @@ def stdin_queries() -> Iterator[str]:
 
 def show_hits(query: str, hits: list[dict[str, Any]], model: str, json_out: bool, *, lines: bool, unmatched: bool,
               collection: Optional[str]) -> None:
-    """One query's hits: a table, or JSON (one line per query when queries come from stdin);
-    ``unmatched``: a filter was given, so no hits means nothing passed it."""
+    """One query's hits: a table, or JSON of one shape, ``{"query", "hits"}`` (one line per query
+    when queries come from stdin); ``unmatched``: a filter was given, so no hits means nothing passed it."""
     if json_out and lines:
         sys.stdout.write(json.dumps({"query": query, "hits": hits}) + "\n")
         sys.stdout.flush()
     elif json_out:
-        out.print_json(json.dumps(hits))
+        out.print_json(json.dumps({"query": query, "hits": hits}))
     elif hits:
         print_hits(query, hits)
     elif unmatched:

@@ -79,7 +79,7 @@ def watch(
                       f"{line['tokens']:,} tokens" + (f"; provider unavailable for {done.transient:,}, "
                                                       "retrying" if done.transient else ""), markup=False)
 
-    with store, Signals(lambda: (stop.set(), service.stop_requested.set()), lambda: "stopped") as signals:
+    with store, Signals(lambda: (stop.set(), service.stop_requested.set()), lambda: "stopped", store.close) as signals:
         budget = "not shared (--own-budget)" if own_budget else f"shared as {store.share_budget(service)!r}"
         feed = store.change_feed(name, stop, listen_url=listen_url, poll_only=poll_only or once,
                                  poll_interval=poll_interval)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -153,3 +153,45 @@ def stored_hashes(conn: psycopg.Connection[Any], model_name: str, section_ids: S
         (model_name, list(section_ids)),
     ).fetchall()
     return {section_id: bytes(digest) for section_id, digest in rows if digest is not None}
+
+
+class NamedSource(NamedTuple):
+    """A stored file a path names as ingest was given it: ``path`` (absolute, the ``source`` column)
+    and ``relative`` (the part under the folder named at ingest, metadata ``source``)."""
+    path: str
+    relative: str
+
+
+def sources_named(conn: psycopg.Connection[Any], collection: str, relative: str) -> list[NamedSource]:
+    """The stored files of a collection whose path relative to the folder named at ingest is
+    ``relative`` or lies under it (a folder), in path order."""
+    rows = conn.execute(
+        "select distinct s.source, s.metadata->>'source' from sections s where s.collection = %(collection)s"
+        " and s.source is not null and (s.metadata->>'source' = %(relative)s"
+        " or starts_with(s.metadata->>'source', %(relative)s || '/')) order by 1",
+        {"collection": collection, "relative": relative}).fetchall()
+    return [NamedSource(path, rel) for path, rel in rows if path.endswith(rel)]
+
+
+class OtherFile(NamedTuple):
+    """A section id read now from one file and stored from another: two folders' files with the
+    same path relative to the folder named (two ``index.md``)."""
+    id: str
+    stored_from: str
+    read_from: str
+
+
+def other_files(conn: psycopg.Connection[Any], read: Sequence[tuple[str, str]], limit: int = 5) -> list[OtherFile]:
+    """Of these (id, file) pairs, up to ``limit`` whose id is stored from another file, in any
+    collection; a section stored as chunks is found by its first (``id~1``). Primary-key lookups."""
+    files = dict(read)
+    first_chunks = {f"{section_id}~1": section_id for section_id in files}
+    rows = conn.execute("select id, source from sections where id = any(%s) and source is not null",
+                        ([*files, *first_chunks],)).fetchall()
+    found = []
+    for stored_id, stored_from in rows:
+        section_id = stored_id if stored_id in files else first_chunks[stored_id]
+        if stored_from != files[section_id]:
+            found.append(OtherFile(section_id, stored_from, files[section_id]))
+    return sorted(found)[:limit]
+

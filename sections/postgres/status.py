@@ -17,7 +17,10 @@ from psycopg import sql
 
 from sections.postgres.index import has_index, missing_indexes
 
-__all__ = ["CollectionStatus", "ModelStatus", "WorkerStatus", "collection_sizes", "recent_workers", "status"]
+__all__ = ["CollectionStatus", "ModelStatus", "WorkerStatus", "analyze_after_writes", "collection_sizes",
+           "recent_workers", "status"]
+
+_PLANNED_TABLES = ("sections", "section_embeddings")  # what a search's plan reads
 
 
 class CollectionStatus(TypedDict):
@@ -169,3 +172,18 @@ def status(conn: psycopg.Connection[Any], model_name: str | None, top_reasons: i
 def _total(rows: list[CollectionStatus], key: str) -> int:
     counts: list[int] = [row[key] for row in rows]  # type: ignore[literal-required]
     return sum(counts)
+
+
+def analyze_after_writes(conn: psycopg.Connection[Any], written: int) -> list[str]:
+    """ANALYZE the tables a search reads when ``written`` rows are many next to what the planner
+    believes they hold (autovacuum's own rule, 50 + 10 % of its estimate; never analyzed counts as
+    empty): until then it plans for a near-empty table and scans every vector instead of using the
+    HNSW index, and autovacuum may take minutes to get there. The tables analyzed, by name."""
+    if written <= 0:
+        return []
+    rows = conn.execute("select relname, reltuples from pg_class where oid in "
+                        "(select to_regclass(name) from unnest(%s::text[]) name)", (list(_PLANNED_TABLES),)).fetchall()
+    stale = [name for name, estimate in rows if written >= 50 + 0.1 * max(0.0, float(estimate))]
+    for name in stale:
+        conn.execute(sql.SQL("analyze {}").format(sql.Identifier(name)))
+    return stale

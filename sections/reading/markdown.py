@@ -2,8 +2,9 @@
 
 markdown-it (CommonMark) finds the structure: headings (ATX, setext), fences, indented code, HTML
 blocks, with their lines. Front matter becomes metadata; MDX import/export statements go before parsing;
-MkDocs admonition and tab bodies are read as Markdown; tags go, their text stays; comments, mkdocstrings
-and include lines go; code is kept verbatim. A section's id is its heading path (`install/linux`, or an
+MkDocs admonition and tab bodies are read as Markdown; tags go, their text (children and the props a
+reader sees: ``sections.reading.markup``) stays; comments, mkdocstrings and include lines go; code is
+kept verbatim. A section's id is its heading path (`install/linux`, or an
 explicit `{#id}` starting a path of its own), numbered only among identical siblings: editing one heading
 changes no id outside its own subtree.
 """
@@ -22,6 +23,8 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from sections.reading.markup import dedent_fences, strip_markup, unwrap_mdx_code_blocks
+
 __all__ = ["DocSection", "Document", "DocumentError", "Outline", "Part", "Skip", "NO_TEXT",
            "build_sections", "read_markdown", "slug"]
 
@@ -29,7 +32,7 @@ NO_TEXT = "no text after cleaning"  # why a section with nothing but markup is l
 MAX_FRONT_MATTER_VALUES = 10_000  # more is refused: YAML aliases can make a small file expand enormously
 
 _MD = MarkdownIt("commonmark").disable("inline")  # blocks only: titles are parsed by _INLINE
-_MDX = MarkdownIt("commonmark").disable(["inline", "html_block"])  # MDX has no HTML blocks: JSX lines are inline
+_MDX = MarkdownIt("commonmark").disable(["inline", "html_block", "code"])  # JSX lines are inline; no indented code
 _INLINE = MarkdownIt("commonmark")
 _MAX_PASSES = 8  # parses that can each reveal more admonition bodies nested one level deeper
 
@@ -42,12 +45,6 @@ _TAB_LABEL = re.compile(r"\s*===\+?\s+\"([^\"]*)\"\s*$")
 _FENCED_LABEL = re.compile(r"\s*(?::{3,}|/{3,}[ \t]*)(?:([A-Za-z][\w-]*)(?:\[(.*)\]|[ \t]*\|)?(.*))?$")
 _DIRECTIVE = re.compile(r" {0,3}:::[ \t]+\S")
 _INCLUDE = re.compile(r"\s*(?:\{\*.*\*\}|\{!.*!\}|--8<--.*)\s*$")
-_SPECIAL = re.compile(r"[\\<{]|`+")
-_BACKTICKS = re.compile(r"`+")
-_BRACES = r"\{(?:[^{}\"'`]|\"[^\"]*\"|'[^']*'|`[^`]*`|\{(?:[^{}]|\{[^{}]*\})*\})*\}"  # JSX {expressions}
-_ATTRIBUTE = rf"(?:[^\s\"'<>/={{}}]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|{_BRACES}|[^\s\"'=<>`{{}}]+))?|{_BRACES})"
-_TAG = re.compile(rf"</?(?:[A-Za-z][\w.-]*(?:\s+{_ATTRIBUTE})*\s*/?)?>")  # also JSX fragments <> </>
-_MAX_TAG_CHARS = 4_000
 _ATTR_LIST = re.compile(  # MkDocs attr_list at the end of a heading: {#id .class key=value}
     r"\s*\{:?((?:\s*(?:#[\w:.-]+|\.[\w-]+|[\w-]+=(?:\"[^\"]*\"|'[^']*'|[^\s\"'}]+)))+)\s*\}\s*$")
 _ATTR_ID = re.compile(r"(?:^|\s)#([\w:.-]+)")
@@ -55,6 +52,7 @@ _NOT_SLUG = re.compile(r"[\W_]+")
 _WORD = re.compile(r"[^\W_]")
 _LINE_RUN = re.compile(r"(?:^[ \t]*\S.*(?:\n|$))+", re.MULTILINE)  # lines up to a blank one
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+_LIST_ITEM = re.compile(r"\s*(?:[-*+]|\d+[.)])\s")
 
 
 class DocumentError(ValueError):
@@ -155,6 +153,9 @@ def read_markdown(text: str, *, title: str, mdx: bool = False) -> Document:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     metadata, taken = _front_matter(lines)
     lines[:taken] = [""] * taken
+    mdx = unwrap_mdx_code_blocks(lines) or mdx  # a file that wraps JSX in mdx-code-block is MDX
+    if mdx:
+        dedent_fences(lines)
     if isinstance(metadata.get("title"), str):
         title = metadata["title"]
     tokens, nested = _settle(lines, mdx)
@@ -319,7 +320,7 @@ def _clean_prose(chunk: list[str], mdx: bool) -> str:
     out: list[str] = []
     cleaned = _LINE_RUN.sub(lambda run: textwrap.dedent(run[0]), strip_markup("\n".join(kept), mdx))
     for line in cleaned.split("\n"):  # each run of lines dedented: JSX children are indented
-        line = line.rstrip()
+        line = line.strip() if mdx and not _LIST_ITEM.match(line) else line.rstrip()  # a tag's words start lines
         if line or not out or out[-1]:
             out.append(line)
     return "\n".join(out)
@@ -335,46 +336,6 @@ def _label(line: str) -> str:
         label = found[2] if found[2] is not None else (found[3] or "").strip()
         return label or (found[1] or "").capitalize()
     return line
-
-
-def strip_markup(text: str, mdx: bool = False) -> str:
-    """Remove HTML/JSX tags (keeping their text), HTML comments and, with `mdx`, `{/* */}` comments;
-    inline code spans and backslash escapes are copied as they are."""
-    out: list[str] = []
-    index, size = 0, len(text)
-    while index < size:
-        found = _SPECIAL.search(text, index)
-        if not found:
-            out.append(text[index:])
-            break
-        out.append(text[index:found.start()])
-        index = found.start()
-        char = text[index]
-        if char == "\\":
-            out.append(text[index:index + 2])
-            index += 2
-        elif char == "`":
-            end = _code_span_end(text, found.end(), len(found[0]))
-            out.append(text[index:end])
-            index = end
-        elif text.startswith("<!--", index) and (close := text.find("-->", index + 4)) >= 0:
-            index = close + 3
-        elif char == "<" and (tag := _TAG.match(text, index, index + _MAX_TAG_CHARS)):
-            index = tag.end()
-        elif mdx and text.startswith("{/*", index) and (close := text.find("*/}", index + 3)) >= 0:
-            index = close + 3
-        else:
-            out.append(char)
-            index += 1
-    return "".join(out)
-
-
-def _code_span_end(text: str, after: int, length: int) -> int:
-    """The end of the code span whose `length` backticks end at `after` (or `after`, if none closes it)."""
-    for closing in _BACKTICKS.finditer(text, after):
-        if len(closing[0]) == length:
-            return closing.end()
-    return after
 
 
 def _title(raw: str) -> tuple[str, str | None]:

@@ -61,6 +61,7 @@ _KINDS = {
     ".rst": "rst",
 }
 _STDIN_NAME = "<stdin>"
+_DOCUMENT_KINDS = frozenset({"markdown", "mdx", "rst", "text"})
 _RECORD_FIELDS = ("id", "title", "content", "metadata")
 _CSV_COLUMNS = ("id", "title", "content")
 _ABSENT = object()
@@ -125,6 +126,17 @@ class SectionSource:
         self.unread_paths: list[str] = unread_paths if unread_paths is not None else []
         self._inputs = inputs
         self._skip_invalid = skip_invalid
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files read (absolute POSIX paths, as each of their sections' ``source``); stdin is none."""
+        return tuple(Path(os.path.abspath(item.path)).as_posix() for item in self._inputs if item.name != _STDIN_NAME)
+
+    @property
+    def has_documents(self) -> bool:
+        """Whether any input is a document (Markdown, MDX, reST, text), whose ids are paths: records
+        carry ids of their own."""
+        return any(item.kind in _DOCUMENT_KINDS for item in self._inputs)
 
     def __iter__(self) -> Iterator[Section]:
         """Yield the valid sections; a problem here means an input changed since validation."""
@@ -408,7 +420,7 @@ def _read_json(source: _Input, file: BinaryIO) -> Iterator[Section | SourceProbl
             counted_to = offset
             yield _section_from_json(value, source.name, line)
     except json.JSONDecodeError as error:
-        yield SourceProblem(source.name, error.lineno, f"malformed JSON: {error.msg}")
+        yield SourceProblem(source.name, error.lineno, f"malformed JSON: {error.msg} at column {error.colno}")
 
 
 def _json_items(text: str) -> Iterator[tuple[int, object]]:

@@ -31,6 +31,7 @@ class Batches:
             self.indexes.after_ingest(service.settings.model, build_index, result.summary, None)
         if result.pruned is not None and result.pruned.deleted is not None:
             result.summary["pruned_count"] = result.pruned.deleted.sections
+            result.summary["pruned_ids"] = result.pruned.ids
         return result.summary
 
     def batch_ingest(self, sections: Iterable[Any], embedding_service: BatchCapable, *,

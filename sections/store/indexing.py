@@ -14,6 +14,7 @@ from sections.store.lifecycle import check_model
 from sections.pipeline.stream import attach_result
 from sections.postgres import index as pg_index
 from sections.postgres import index_build
+from sections.postgres import status as pg_status
 from sections.postgres.database import Connect
 from sections.postgres.index_build import BuildOptions, IndexReport, ProgressCallback
 from sections.records import IngestSummary
@@ -65,8 +66,10 @@ class Indexes:
     def after_ingest(self, model: str, build_index: bool | None, summary: IngestSummary,
                             on_progress: ProgressCallback | None) -> None:
         """The ingest's index policy (see ``ingest``): a failure is the summary's ``index_error``,
-        never the run's, so what was embedded is still reported as embedded."""
+        never the run's, so what was embedded is still reported as embedded. The planner's
+        statistics come first, so the first search after a bulk load uses the index."""
         try:
+            self._analyze(int(summary.get("success_count", 0)))
             report = self.update_indexes(model, min_rows=None if build_index else self.auto_index_min_rows,
                                          on_progress=on_progress)
         except psycopg.Error as error:
@@ -77,3 +80,12 @@ class Indexes:
             raise
         for note in report.notes:
             _log.warning("%s", note)
+
+    def _analyze(self, written: int) -> None:
+        """Fresh planner statistics after a bulk write; one that fails (a role that may not
+        analyze) costs only autovacuum's delay, so it is a warning, never the run's failure."""
+        try:
+            with self.connection() as conn:
+                pg_status.analyze_after_writes(conn, written)
+        except psycopg.Error as error:
+            _log.warning("tables not analyzed after the ingest: %s", (str(error).strip().splitlines() or ["?"])[0])

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import psycopg
 
 from sections.postgres import models as pg_models
+from sections.postgres import sections as pg_sections
 from sections.postgres import status as pg_status
 from sections.pipeline.backend import ChangeFeed, due_pages
 from sections.pipeline.watch import Pass, WatchOptions, WatchTotals, watch
@@ -58,6 +59,17 @@ class Lifecycle:
 
     def selected_ids(self, selection: Selection) -> list[str]:
         return self.backend.selected_ids(selection)
+
+    def sources_named(self, collection: str, relative: str) -> list[pg_sections.NamedSource]:
+        """The stored files of ``collection`` that ``relative`` names as ingest was given it (relative
+        to the folder named then): the file itself, or the files under it."""
+        with self.database.connection() as conn:
+            return pg_sections.sources_named(conn, collection, relative)
+
+    def other_files(self, read: list[tuple[str, str]]) -> list[pg_sections.OtherFile]:
+        """Of these (section id, file read from) pairs, those whose id is stored from another file."""
+        with self.database.connection() as conn:
+            return pg_sections.other_files(conn, read)
 
     def collections(self) -> dict[str, int]:
         """Sections per collection."""

@@ -195,6 +195,7 @@ class SupabaseStore:
             self.indexes.after_ingest(settings.model, build_index, run.summary, on_index_progress)
         if run.pruned is not None and run.pruned.deleted is not None:
             run.summary["pruned_count"] = run.pruned.deleted.sections
+            run.summary["pruned_ids"] = run.pruned.ids
         return run.summary
 
     def batch_ingest_embeddings(self, sections: list[dict[str, Any]], embedding_service: Embedder,
@@ -250,6 +251,8 @@ class SupabaseStore:
 
     delete = DelegatedTo("lifecycle", Lifecycle.delete)
     selected_ids = DelegatedTo("lifecycle", Lifecycle.selected_ids)
+    sources_named = DelegatedTo("lifecycle", Lifecycle.sources_named)
+    other_files = DelegatedTo("lifecycle", Lifecycle.other_files)
     collections = DelegatedTo("lifecycle", Lifecycle.collections)
     workers = DelegatedTo("lifecycle", Lifecycle.workers)
     drop_model = DelegatedTo("lifecycle", Lifecycle.drop_model)
