@@ -37,7 +37,7 @@ def _rows(entry: dict) -> dict[str, list]:
 
 def test_writes_tables_plot_and_data_for_every_scenario(quick_run):
     entries = json.loads((quick_run / "results.json").read_text())
-    assert list(entries) == ["w1", "w2", "correctness", "write", "local", "scale", "retrieval", "search",
+    assert list(entries) == ["w1", "w2", "correctness", "write", "local", "scale", "ray", "retrieval", "search",
                              "workers", "startup"]
     markdown = (quick_run / "results.md").read_text()
     for entry in entries.values():
