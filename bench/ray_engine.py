@@ -28,7 +28,8 @@ from sections.reading.sample_corpus import stdlib_sections
 from sections.scale.actor import ServiceSpec
 from sections.scale.ray_embedder import RayOptions
 from sections.scale.ray_ingest import ray_ingest, ray_runtime
-from sections.store.supabase_store import SupabaseStore, section_text
+from sections.fingerprint import section_text
+from sections.store.supabase_store import SupabaseStore
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sections.cli.console import fail
-from sections.redact import mask_url
 
 
 DEFAULT_BATCH = 128  # RayOptions.batch_size's default, repeated here so the command's help loads no Ray module
@@ -95,7 +94,7 @@ def runtime(engine: Engine, address: Optional[str]) -> Iterator[None]:
         try:
             stack.enter_context(ray_runtime(address))
         except (ConnectionError, RuntimeError, ValueError) as error:
-            where = f"join the Ray cluster at {mask_url(address)}" if address else "start a local Ray"
+            where = f"join the Ray cluster at {address}" if address else "start a local Ray"  # fail() masks secrets
             reason = str(error).strip().splitlines()
             fail(f"cannot {where}: {reason[0] if reason else type(error).__name__}")
         yield
