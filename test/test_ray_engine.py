@@ -75,7 +75,8 @@ def assert_each_vector_is_its_own(db, rows: list[dict[str, str]]) -> None:
         assert np.allclose(vectors[row["id"]], want, atol=1e-6), row["id"]
 
 
-def test_a_local_ray_run_stores_every_vector_once_and_a_rerun_sends_nothing(sim, database_url, db, tmp_path):
+def test_a_local_ray_run_stores_every_vector_once_and_a_rerun_sends_nothing(sim, database_url, db, tmp_path,
+                                                                            ray_cluster):
     rows = corpus(tmp_path / "s.jsonl", 600)
     code, summary, err = run(command(tmp_path / "s.jsonl", sim, database_url, "--ray-actors", "2"))
     assert code == 0, err
@@ -83,8 +84,8 @@ def test_a_local_ray_run_stores_every_vector_once_and_a_rerun_sends_nothing(sim,
     assert_each_vector_is_its_own(db, rows)
     assert sim.stats()["inputs"] == 600
     assert "Traceback" not in err
-    # a rerun over the finished store: nothing sent, everything unchanged
-    code, summary, err = run(command(tmp_path / "s.jsonl", sim, database_url))
+    # a rerun over the finished store (joining the module's Ray, as a run joins a cluster): nothing sent
+    code, summary, err = run(command(tmp_path / "s.jsonl", sim, database_url, "--ray-address", ray_cluster))
     assert code == 0, err
     assert summary["embedded"] == 0 and summary["unchanged"] == 600
     assert sim.stats()["inputs"] == 600
