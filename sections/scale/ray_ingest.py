@@ -40,8 +40,11 @@ def ray_runtime(address: str | None = None) -> Iterator[None]:
         yield
         return
     env = {name: os.environ[name] for name in PASSED_TO_WORKERS if name in os.environ}
+    # A local Ray's workers run at the command's priority, not Ray's default nice 15: on a machine
+    # shared with other work they would get a fraction of the cores one process gets.
+    local = {} if address else {"_system_config": {"worker_niceness": 0}}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             configure_logging=True, runtime_env={"env_vars": env} if address and env else None)
+             configure_logging=True, runtime_env={"env_vars": env} if address and env else None, **local)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
