@@ -67,7 +67,7 @@ def run(quick: bool = False) -> Result:
     sections = [s for s in stdlib_sections(count * 2, tokens_per_section=150)
                 if service.tokenizer.count(section_text(s["title"], s["content"])) <= window][:count]
     service.close()
-    options = RayOptions()  # one actor per CPU, as --engine ray runs by default
+    options = RayOptions(actors=1) if quick else RayOptions()  # one actor per CPU, as --engine ray runs by default
     process_times, ray_times, startups = [], [], []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(Path(tmp) / "data") as pg:
         for repeat in range(repeats):
@@ -82,7 +82,8 @@ def run(quick: bool = False) -> Result:
     difference = max(float(np.abs(ours[key] - theirs[key]).max()) for key in ours)
     one, ray = median(process_times), median(ray_times)
     cpus = os.cpu_count() or 1
-    names = ("one process (--engine process)", f"Ray: {cpus} actors × 1 CPU, local Ray (--engine ray)")
+    actors = options.actors or cpus
+    names = ("one process (--engine process)", f"Ray: {actors} actors × 1 CPU, local Ray (--engine ray)")
     rows = [[names[0], f"{one:.1f}", spread(process_times, 1), f"{len(sections) / one:.1f}", "1.00"],
             [names[1], f"{ray:.1f}", spread(ray_times, 1), f"{len(sections) / ray:.1f}", f"{one / ray:.2f}"]]
     return Result(
