@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import correctness, local, pages, retrieval, scale, search, startup, w1, w2, workers, write
+from bench import correctness, local, pages, ray_engine, retrieval, scale, search, startup, w1, w2, workers, write
 from bench.guard import regressions
 from bench.players import require_peers
 from bench.plot import draw
@@ -37,9 +37,9 @@ from bench.report import (
 )
 
 SCENARIOS = {"w1": w1, "w2": w2, "correctness": correctness, "write": write, "local": local, "scale": scale,
-             "retrieval": retrieval, "search": search, "workers": workers, "startup": startup}
+             "ray": ray_engine, "retrieval": retrieval, "search": search, "workers": workers, "startup": startup}
 # What a scenario runs on beyond the common packages, so its table names their versions.
-EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "retrieval": retrieval.PACKAGES, "startup": LOCAL_PACKAGES}
+EXTRA_PACKAGES = {"local": LOCAL_PACKAGES, "ray": LOCAL_PACKAGES + ("ray",), "retrieval": retrieval.PACKAGES, "startup": LOCAL_PACKAGES}
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,4 +1,4 @@
-"""Scale: 10k, 50k and 200k sections ingested, each by a fresh process: time and peak memory.
+"""Scale: 10k, 100k and 1M sections ingested, each by a fresh process: time and peak memory.
 
 Sections are generated (short synthetic text) and streamed from a generator into
 ``SupabaseStore.ingest`` against the simulator without latency, 384-d vectors, no index build.
@@ -52,7 +52,7 @@ def _worker(count: int, database_url: str, base_url: str) -> None:
 
 
 def run(quick: bool = False) -> Result:
-    sizes = [1_000, 2_000, 4_000] if quick else [10_000, 50_000, 200_000]
+    sizes = [1_000, 2_000, 4_000] if quick else [10_000, 100_000, 1_000_000]
     reports = []
     with SimulatorProcess() as sim, tempfile.TemporaryDirectory() as data, EmbeddedPostgres(data) as pg:
         for size in sizes:

@@ -61,6 +61,14 @@ ALLOWED: dict[str, set[str]] = {
     "sections.store": {"sections.store", "sections.pipeline", "sections.postgres", "sections.records",
                        "sections.batch.records", "sections.engine.tokens"},
     "sections.store.delegation": LEAVES,
+    # past one machine: the ingest's embedding on Ray actors (Ray itself imported only inside)
+    "sections.scale": LEAVES,  # the folder's docstring
+    "sections.scale.actor": {"sections.engine.errors", "sections.engine.service", "sections.engine.tokens",
+                             "sections.postgres.budget", "sections.postgres.database", "sections.providers.base",
+                             "sections.records"},
+    "sections.scale.ray_embedder": {"sections.engine.errors", "sections.records", "sections.scale.actor"},
+    "sections.scale.ray_ingest": {"sections.pipeline.tally", "sections.records", "sections.scale",
+                                  "sections.store.supabase_store"},
     "sections.reading": LEAVES,
     "sections.reading.markup": set(),
     "sections.reading.markdown": {"sections.records", "sections.reading.markup"},
@@ -87,6 +95,7 @@ ALLOWED: dict[str, set[str]] = {
                            "sections.engine.errors", "sections.pipeline", "sections.redact", "sections.engine.usage"},
     "sections.cli.search": {"sections.cli.common", "sections.cli.lifecycle", "sections.cli.console",
                             "sections.engine.errors", "sections.records"},
+    "sections.cli.ray_engine": {"sections.cli.console", "sections.scale"},
     "sections.cli.app": {"sections"},  # the top: it may use anything
     # the framework integrations: on top, beside the CLI, over the two faces
     "sections.integrations": LEAVES,

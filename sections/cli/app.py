@@ -29,6 +29,8 @@ from sections.cli.lifecycle import delete, drop_model, source_scope
 from sections.cli.dry_run import dry_run_report, sync_dry_run
 from sections.cli.watch import watch
 from sections.cli.search import search
+from sections.cli.ray_engine import (DEFAULT_BATCH, Engine, EngineOption, RayActors, RayAddress, RayBatch, RayGpus,
+                                     check_engine, ray_embedder, runtime)
 from sections.records import DEFAULT_COLLECTION
 from sections.cli.console import (Reading, err, fail, out, print_hits, print_index_report, print_summary,
                           print_table, stopped_by, tracked)
@@ -160,6 +162,11 @@ def ingest(
     batch_max_inputs: BatchMaxInputs = None,
     batch_max_bytes: BatchMaxBytes = None,
     id_prefix: IdPrefix = None,
+    engine: EngineOption = Engine.PROCESS,
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
+    ray_gpus_per_actor: RayGpus = 0.0,
+    ray_batch_size: RayBatch = DEFAULT_BATCH,
     json_out: JsonOut = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section, removed section and "
                                           "unread file.")] = False,
@@ -169,6 +176,7 @@ def ingest(
     name = chosen_collection(collection)
     batch = batch_flags(batch_api, no_wait, fallback, batch_max_inputs, batch_max_bytes)
     check_chunking(chunk_tokens, chunk_overlap)
+    check_engine(engine, batch_api, ray_address, ray_actors, ray_gpus_per_actor, ray_batch_size)
     if prune and "-" in paths:
         fail("--prune needs files or folders: sections read from stdin have no source to prune by")
     source = read_sources(paths, skip_invalid)
@@ -197,16 +205,20 @@ def ingest(
             run_batch(lambda progress: store.batch_ingest(sections, service, options=batch.options, limits=batch.limits,
                                                           collection=name, prune=scope, on_progress=progress),
                       service, reading, json_out, "the same command", verbose)
-        if not own_budget:
+        embedder = service
+        if engine is Engine.RAY:  # the actors build the service again where they run
+            embedder = ray_embedder(service, store, not own_budget, ray_actors, ray_gpus_per_actor, ray_batch_size,
+                                    {"concurrency": concurrency, "rpm": rpm, "tpm": tpm})
+        elif not own_budget:
             store.share_budget(service)
-        with IndexBars(json_out, err) as bars:
+        with runtime(engine, ray_address), IndexBars(json_out, err) as bars:
             keeping = keeping_for(store, service, db_wait)
-            result, elapsed = tracked(lambda progress: store.ingest(sections, service, on_progress=progress,
+            result, elapsed = tracked(lambda progress: store.ingest(sections, embedder, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars,
                                                                     keeping=keeping, wait_for_others=not no_wait),
-                                      service, lambda: source.count + reading.stored - reading.read, reading,
+                                      embedder, lambda: source.count + reading.stored - reading.read, reading,
                                       json_out, "ingest", "the same command", store.close, index_bars=bars)
-    summary = print_summary(result, service, reading, elapsed, json_out=json_out)
+    summary = print_summary(result, embedder, reading, elapsed, json_out=json_out)
     left_to_others(summary, "ingest")
     if verbose and not json_out:
         for section_id, reason in result["errors"].items():

@@ -111,6 +111,14 @@ class Database:
         with conn:
             apply_migrations(conn)
 
+    @property
+    def url(self) -> str:
+        """The connection URL, password included: for the processes of one run that must reach the
+        same database (a Ray actor drawing on the shared rate budget). Never print it (``url_masked``)."""
+        if self._handle is None:
+            raise RuntimeError("the database is closed")
+        return self._handle.url
+
     def connect(self, url: str | None = None, connect_timeout: float = 15.0) -> psycopg.Connection[Any]:
         """A connection of its own, outside the pool (autocommit), to ``url`` or this database: for
         what needs a session kept across transactions, such as LISTEN."""
