@@ -230,7 +230,7 @@ def test_sigterm_with_no_stop_grace_says_how_many_answers_were_paid_but_not_kept
     run.send_signal(signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=30)
     assert run.returncode == 143, stderr
-    line = [line for line in stderr.splitlines() if line.startswith("interrupted:")][-1]
-    assert "paid for but not kept" in line, line
-    lost = int(line.split("(of them ")[1].split(" ")[0].replace(",", ""))
+    line = [line for line in stderr.splitlines() if line.startswith("of the not yet, ")][-1]
+    assert "were paid for but not kept" in line, stderr
+    lost = int(line.split("of the not yet, ")[1].split(" ")[0].replace(",", ""))
     assert 0 < lost <= SECTIONS and _stored(db) == 0

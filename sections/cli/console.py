@@ -78,9 +78,9 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
     def interrupted_line(counts: dict[str, int]) -> str:
         done = counts["success"] + counts["failed"] + counts["skipped"]
         lost = counts.get("paid_not_kept", 0)
-        return (f"interrupted: {counts['success']:,} stored, {max(0, total() - done):,} not yet"
-                + (f" (of them {lost:,} paid for but not kept: in flight past --stop-grace)" if lost else "")
-                + f"; run {again} again to finish")
+        return (f"interrupted: {counts['success']:,} stored, {max(0, total() - done):,} not yet; "
+                f"run {again} again to finish"
+                + (f"\nof the not yet, {lost:,} were paid for but not kept (in flight past --stop-grace)" if lost else ""))
 
     with Signals(service.stop_requested.set, lambda: interrupted_line(latest), release) as signals:
         stopped = False
@@ -106,7 +106,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                 result = run(on_progress)
             except Interrupted as error:
                 result, stopped = getattr(error, "result", None) or {}, True
-                paid_not_kept = error.abandoned_inputs
+                billed = getattr(service, "provider_name", None) != "local"  # a local model bills nothing
+                paid_not_kept = error.abandoned_inputs if billed else 0
             except Exception as error:
                 failure = (mask_secrets(str(error)) if isinstance(error, (ProviderFatalError, DatabaseAway))
                            else database_problem(error))
