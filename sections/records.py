@@ -388,9 +388,8 @@ class BatchEmbeddings(TypedDict):
 class ProgressCounts(TypedDict):
     """Where a run stands, as its progress callback sees it.
 
-    ``success``, ``failed`` and ``skipped`` are committed; ``pending`` are answers received and not
-    committed yet, so a display that adds them moves as requests complete. ``tokens`` is the
-    provider's bill so far, as the summary reports it; ``waiting``: sections another run holds.
+    ``success``, ``failed``, ``skipped`` are committed; ``pending`` answered, not committed yet (a display
+    adds them); ``tokens`` the bill so far, as the summary reports it; ``waiting``: held by another run.
     """
 
     success: int

@@ -215,3 +215,22 @@ def test_watch_is_back_to_work_within_seconds_of_the_pooler_and_says_so_once(sim
     assert len([line for line in lines if line.startswith("database unreachable")]) == 1, stderr
     assert len([line for line in lines if line.startswith("database back")]) == 1, stderr
     assert "pass cut short" not in stderr
+
+
+def test_sigterm_with_no_stop_grace_says_how_many_answers_were_paid_but_not_kept(sim, database_url, db, tmp_path):
+    import signal
+
+    corpus = _corpus(tmp_path / "corpus.jsonl")
+    sim.configure(latency_base=3.0)  # every reply is still on its way when the stop comes
+    run = _start("ingest", corpus, *_options(sim, database_url, "--stop-grace", "0"), sim=sim, spool=tmp_path / "s")
+    deadline = time.monotonic() + 60
+    while sim.stats()["in_flight"] == 0:
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=30)
+    assert run.returncode == 143, stderr
+    line = [line for line in stderr.splitlines() if line.startswith("of the not yet, ")][-1]
+    assert "were paid for but not kept" in line, stderr
+    lost = int(line.split("of the not yet, ")[1].split(" ")[0].replace(",", ""))
+    assert 0 < lost <= SECTIONS and _stored(db) == 0

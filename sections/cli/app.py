@@ -21,8 +21,9 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from sections.cli.common import (DEFAULT_DB_WAIT_S, DEFAULT_MODEL, AllCollections, BaseUrl, Collection, Commands,
-                             Concurrency, DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm, Tpm,
-                             build_service, chosen_collection, keeping_for, open_store, refuse_unknown_model)
+                             Concurrency, DatabaseUrl, DbWait, Dimensions, JsonOut, Model, OwnBudget, Provider, Rpm,
+                             StopGrace, Tpm, build_service, chosen_collection, keeping_for, open_store,
+                             refuse_unknown_model, set_stop_grace)
 from sections.cli.batch import BatchApi, BatchMaxBytes, BatchMaxInputs, Fallback, NoWait, batch_flags, batches, run_batch
 from sections.cli.ids import IdPrefix, refuse_other_files, with_prefix
 from sections.cli.lifecycle import delete, drop_model, source_scope
@@ -171,6 +172,7 @@ def ingest(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every failed section, removed section and "
                                           "unread file.")] = False,
     db_wait: DbWait = DEFAULT_DB_WAIT_S,
+    stop_grace: StopGrace = None,
 ) -> None:
     """Read sections, embed what is new or changed, store it; a rerun embeds nothing twice."""
     name = chosen_collection(collection)
@@ -213,6 +215,7 @@ def ingest(
             store.share_budget(service)
         with runtime(engine, ray_address), IndexBars(json_out, err) as bars:
             keeping = keeping_for(store, service, db_wait)
+            set_stop_grace(service, stop_grace)
             result, elapsed = tracked(lambda progress: store.ingest(sections, embedder, on_progress=progress,
                                                                     collection=name, prune=scope, on_index_progress=bars,
                                                                     keeping=keeping, wait_for_others=not no_wait),
@@ -301,6 +304,7 @@ def sync(
     batch_max_bytes: BatchMaxBytes = None,
     json_out: JsonOut = False,
     db_wait: DbWait = DEFAULT_DB_WAIT_S,
+    stop_grace: StopGrace = None,
 ) -> None:
     """Embed every stored section whose vector is missing or stale; safe to run in many processes at once."""
     name = chosen_collection(collection, all_collections)
@@ -320,6 +324,7 @@ def sync(
         total = int(todo.get("stale", 0)) + int(todo.get("missing", 0))
         reading = Reading(read=total, stored=total)
         keeping = keeping_for(store, service, db_wait)
+        set_stop_grace(service, stop_grace)
         result, elapsed = tracked(lambda progress: store.sync(service, on_progress=progress, collection=name,
                                                               keeping=keeping),
                                   service, lambda: total, reading, json_out, "sync", "sync", store.close)

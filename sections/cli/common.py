@@ -113,6 +113,16 @@ DbWait = Annotated[float, typer.Option(
     "--db-wait", help="Seconds a run waits for its database to come back (sending nothing meanwhile) before it "
     "stops; what was answered is then kept in a local spool that the next run writes first.")]
 DEFAULT_DB_WAIT_S = 120.0
+StopGrace = Annotated[Optional[float], typer.Option(
+    "--stop-grace", help="Seconds the replies in flight get after Ctrl-C or SIGTERM (they are paid for; default 2).",
+    show_default=False)]
+
+
+def set_stop_grace(service: Any, seconds: Optional[float]) -> None:
+    if seconds is not None:
+        if seconds < 0:
+            fail("--stop-grace: must be 0 or more seconds")
+        service.stop_grace_s = seconds
 SPOOL_DIR_ENV = "SECTIONS_SPOOL_DIR"  # where spools live (default: the user's state folder)
 
 

@@ -77,11 +77,14 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
 
     def interrupted_line(counts: dict[str, int]) -> str:
         done = counts["success"] + counts["failed"] + counts["skipped"]
+        lost = counts.get("paid_not_kept", 0)
         return (f"interrupted: {counts['success']:,} stored, {max(0, total() - done):,} not yet; "
-                f"run {again} again to finish")
+                f"run {again} again to finish"
+                + (f"\nof the not yet, {lost:,} were paid for but not kept (in flight past --stop-grace)" if lost else ""))
 
     with Signals(service.stop_requested.set, lambda: interrupted_line(latest), release) as signals:
         stopped = False
+        paid_not_kept = 0  # inputs sent whose replies did not arrive within the grace
         failure: str | None = None
         partial: dict[str, Any] = {}
         rate = RecentRate()
@@ -103,6 +106,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
                 result = run(on_progress)
             except Interrupted as error:
                 result, stopped = getattr(error, "result", None) or {}, True
+                billed = getattr(service, "provider_name", None) != "local"  # a local model bills nothing
+                paid_not_kept = error.abandoned_inputs if billed else 0
             except Exception as error:
                 failure = (mask_secrets(str(error)) if isinstance(error, (ProviderFatalError, DatabaseAway))
                            else database_problem(error))
@@ -117,7 +122,8 @@ def tracked(run: Callable[[Callable[[Any], None]], dict[str, Any]], service: Any
             print_summary(result, service, reading, elapsed, json_out=quiet, command=label)
             err.print(interrupted_line({"success": result.get("success_count", 0),
                                         "failed": result.get("failed_count", 0),
-                                        "skipped": result.get("skipped_count", 0)}), markup=False)
+                                        "skipped": result.get("skipped_count", 0),
+                                        "paid_not_kept": paid_not_kept}), markup=False)
             signals.said = True
             try:
                 release()

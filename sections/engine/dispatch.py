@@ -198,7 +198,8 @@ class Dispatcher:
             if fatal is not None:
                 raise fatal
             if stopped_at is not None and (in_flight or retry_queue or not exhausted):
-                raise Interrupted(f"stopped on request; {len(in_flight)} request(s) in flight abandoned")
+                raise Interrupted(f"stopped on request; {len(in_flight)} request(s) in flight abandoned",
+                                  sum(len(request.units) for request in in_flight.values()))
         finally:
             cancel.set()
             for future in in_flight:

@@ -35,3 +35,8 @@ class Interrupted(KeyboardInterrupt):
     SIGTERM): nothing new was sent, the replies that arrived in time were delivered, and the inputs
     never answered have no outcome, so a rerun picks them up. A KeyboardInterrupt, so that code which
     stops on Ctrl-C stops on this too, and no ``except Exception`` swallows it."""
+
+    def __init__(self, message: str = "", abandoned_inputs: int = 0):
+        super().__init__(message)
+        # inputs of the requests still in flight when the grace ran out: sent, so billed, not kept
+        self.abandoned_inputs = abandoned_inputs

@@ -103,9 +103,7 @@ class EmbeddingService:
         # use the service again. The command sets it on Ctrl-C and SIGTERM.
         self.stop_requested = threading.Event()
         self.stop_grace_s = STOP_GRACE_S  # how long replies in flight are awaited after a stop (watch: longer)
-        # Set while the database that keeps the answers is away: nothing new is sent, replies in
-        # flight still arrive; cleared, sending resumes (the pipeline sets it, sections.pipeline.outage).
-        self.hold_sending = threading.Event()
+        self.hold_sending = threading.Event()  # set: nothing new is sent, replies in flight still arrive
         # One pool for the service's lifetime, its threads started now: starting threads per call
         # costs more than small jobs take, and inside a call they would hold back its first requests.
         self._pool = started_pool(concurrency)
