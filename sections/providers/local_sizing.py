@@ -3,8 +3,9 @@ the CPU threads each computes with. Shared by both local runtimes, so they are s
 
 CPU (measured on the 2-core machine, bench/local.py's end-to-end path, ~220-token sections):
 - batches of 8 ran fastest on torch (4-16 within 5%; 32 -12%, 128 -24%: bigger batches lose cache
-  locality), and ONNX Runtime likewise; requests of 16 inputs answer in about a second, so the
-  progress bar moves every second, for a few percent of throughput;
+  locality); on ONNX Runtime a check under heavy load found batches of 16 no faster than 8 (too
+  noisy to say more), and requests of 32 inputs perhaps faster than 16. Requests of 16 answer in
+  about a second, so the progress bar moves every second, for a few percent of throughput;
 - two requests in flight with the cores shared between them (2 x 1 thread on 2 cores) beat one
   request on all cores: while one request is in its single-threaded steps (tokenizing, pooling,
   Python glue, the engine counting the next window) the other computes, and no core waits at the
