@@ -48,7 +48,11 @@ def unreachable(error: BaseException) -> bool:
     """Whether ``error`` says the database could not be reached or dropped the connection (worth
     waiting out), not that a statement was wrong. A pool that timed out waiting counts too."""
     if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
-        return True
+        # No SQLSTATE: the client lost or never had a connection (a pool that timed out too); 08: a
+        # connection exception; 57P01-03: the server shutting down or starting. A full disk (53100)
+        # or a statement the server refused is an answer, not an absence: it fails the run at once.
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in {"57P01", "57P02", "57P03"}
     return not isinstance(error, psycopg.Error) and isinstance(error, Exception) and raised_in_psycopg(error)
 
 

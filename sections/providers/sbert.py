@@ -52,7 +52,7 @@ def _load(path: Path, device: str) -> Any:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as transformers_logging
 
-            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # its "Loading weights" bar would litter CLI output
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call, unused-ignore]  # its "Loading weights" bar would litter CLI output
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as error:
             raise LocalModelError(
