@@ -16,8 +16,10 @@ import numpy as np
 
 from sections.engine.batching import Limits
 from sections.engine.tokens import Tokenizer
+from sections.engine.errors import RequestRejected
 
-__all__ = ["BuiltProvider", "HeadersCallback", "Provider", "ProviderKind", "ProviderOptions", "Reply"]
+__all__ = ["BuiltProvider", "HeadersCallback", "Provider", "ProviderKind", "ProviderOptions", "Reply",
+           "reject_blank_inputs"]
 
 HeadersCallback = Callable[[Mapping[str, str]], None]
 
@@ -71,3 +73,11 @@ class BuiltProvider:
     limits: Limits
     concurrency: int
     client: Any | None = None  # the SDK client, for callers that look at it (and to close it)
+
+
+def reject_blank_inputs(texts: list[str]) -> None:
+    """A model in this process would embed an empty input as a vector of nothing: refuse it as a
+    server does (the engine splits the request and fails only that input)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise RequestRejected(f"input {i} is empty or not a string")

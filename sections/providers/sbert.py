@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from sections.engine.errors import RequestRejected, TransientError
-from sections.providers.base import HeadersCallback, Reply
+from sections.providers.base import HeadersCallback, Reply, reject_blank_inputs
 from sections.providers.local import LocalModel, LocalModelError
 from sections.providers.local_sizing import size
 from sections.providers.local_tokenizer import LocalTokenizer
@@ -113,9 +113,7 @@ class SentenceTransformerProvider:
         """Unit-length float32 vectors, ``vectors[i]`` for ``texts[i]``; ``on_headers`` is unused."""
         if not texts:
             return Reply([], 0)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise RequestRejected(f"input {i} is empty or not a string")
+        reject_blank_inputs(texts)
         import torch
 
         try:
